@@ -1,0 +1,102 @@
+-- effect-pg-queue canonical DDL. "pgq" is a placeholder replaced by PGQ_SCHEMA at migration time.
+-- Every statement is idempotent: `node dist/cli.js migrate` may run any number of times, from several
+-- processes at once.
+
+CREATE SCHEMA IF NOT EXISTS pgq;
+
+CREATE TABLE IF NOT EXISTS pgq.message (
+  msg_id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  queue         text        NOT NULL,
+  task          text        NOT NULL,
+  payload       jsonb       NOT NULL,
+  org_id        text        NOT NULL DEFAULT '',
+  priority      smallint    NOT NULL DEFAULT 5,
+  state         text        NOT NULL DEFAULT 'ready',
+  visible_at    timestamptz NOT NULL DEFAULT now(),
+  vt            timestamptz,
+  read_ct       integer     NOT NULL DEFAULT 0,
+  max_attempts  integer     NOT NULL DEFAULT 5,
+  claimed_by    text,
+  last_error    text,
+  enqueued_at   timestamptz NOT NULL DEFAULT now(),
+  execution_id  text,
+  batch_index   integer,
+  CONSTRAINT message_priority_range CHECK (priority BETWEEN 1 AND 10),
+  CONSTRAINT message_state_valid CHECK (state IN ('ready', 'scheduled', 'claimed')),
+  CONSTRAINT message_max_attempts_positive CHECK (max_attempts >= 1)
+);
+
+-- The claim path: only ready rows, in claim order, so in-flight rows are never scanned past.
+CREATE INDEX IF NOT EXISTS message_claim_idx ON pgq.message (queue, priority DESC, msg_id) WHERE state = 'ready';
+-- Maintenance paths: expired claims, due scheduled jobs, claims of a dead process.
+CREATE INDEX IF NOT EXISTS message_claimed_vt_idx ON pgq.message (vt) WHERE state = 'claimed';
+CREATE INDEX IF NOT EXISTS message_scheduled_idx ON pgq.message (visible_at) WHERE state = 'scheduled';
+CREATE INDEX IF NOT EXISTS message_claimed_by_idx ON pgq.message (claimed_by) WHERE state = 'claimed';
+
+CREATE TABLE IF NOT EXISTS pgq.dead_letter (
+  msg_id        bigint      PRIMARY KEY,
+  queue         text        NOT NULL,
+  task          text        NOT NULL,
+  payload       jsonb       NOT NULL,
+  org_id        text        NOT NULL DEFAULT '',
+  priority      smallint    NOT NULL DEFAULT 5,
+  read_ct       integer     NOT NULL DEFAULT 0,
+  max_attempts  integer     NOT NULL DEFAULT 5,
+  last_error    text        NOT NULL,
+  enqueued_at   timestamptz NOT NULL,
+  failed_at     timestamptz NOT NULL DEFAULT now(),
+  execution_id  text,
+  batch_index   integer
+);
+CREATE INDEX IF NOT EXISTS dead_letter_failed_at_idx ON pgq.dead_letter (failed_at);
+CREATE INDEX IF NOT EXISTS dead_letter_queue_idx ON pgq.dead_letter (queue);
+
+CREATE TABLE IF NOT EXISTS pgq.barrier (
+  execution_id      text        PRIMARY KEY,
+  org_id            text        NOT NULL DEFAULT '',
+  total             integer     NOT NULL,
+  remaining         integer     NOT NULL,
+  results           jsonb       NOT NULL DEFAULT '[]'::jsonb,
+  callback          jsonb       NOT NULL,
+  created_at        timestamptz NOT NULL DEFAULT now(),
+  expires_at        timestamptz NOT NULL,
+  last_progress_at  timestamptz NOT NULL DEFAULT now(),
+  CONSTRAINT barrier_expiry_after_creation CHECK (expires_at > created_at)
+);
+CREATE INDEX IF NOT EXISTS barrier_expires_at_idx ON pgq.barrier (expires_at);
+
+CREATE TABLE IF NOT EXISTS pgq.barrier_batch (
+  execution_id  text        NOT NULL,
+  batch_index   integer     NOT NULL,
+  created_at    timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (execution_id, batch_index)
+);
+
+CREATE TABLE IF NOT EXISTS pgq.lease (
+  name         text        PRIMARY KEY,
+  holder       text        NOT NULL DEFAULT '',
+  term         bigint      NOT NULL DEFAULT 0,
+  acquired_at  timestamptz NOT NULL DEFAULT now(),
+  expires_at   timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS pgq.execution (
+  execution_id   text        PRIMARY KEY,
+  org_id         text        NOT NULL DEFAULT '',
+  status         text        NOT NULL DEFAULT 'PENDING',
+  error_message  text,
+  created_at     timestamptz NOT NULL DEFAULT now(),
+  updated_at     timestamptz NOT NULL DEFAULT now(),
+  CONSTRAINT execution_status_valid CHECK (status IN ('PENDING', 'EXECUTING', 'COMPLETED', 'ERROR', 'STOPPED'))
+);
+
+CREATE TABLE IF NOT EXISTS pgq.process (
+  process_id    text        PRIMARY KEY,
+  kind          text        NOT NULL,
+  host          text        NOT NULL,
+  pid           integer     NOT NULL,
+  queues        text[]      NOT NULL DEFAULT '{}',
+  started_at    timestamptz NOT NULL DEFAULT now(),
+  heartbeat_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS process_heartbeat_idx ON pgq.process (heartbeat_at);

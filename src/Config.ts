@@ -1,0 +1,156 @@
+/**
+ * Every PGQ_* knob, parsed and validated in one place. A bad value fails with `InvalidConfig`
+ * naming the variable, so entrypoints can exit non-zero with a message an operator can act on.
+ */
+import { Context, Effect, Layer, Option, Redacted, Schema } from "effect"
+import { InvalidConfig } from "./Errors.ts"
+
+export type LogFormat = "json" | "pretty"
+
+export interface PgqSettings {
+  readonly databaseUrl: Option.Option<Redacted.Redacted<string>>
+  readonly schema: string
+  readonly pgbouncer: boolean
+  readonly queues: ReadonlyArray<string>
+  readonly tasks: Option.Option<string>
+  readonly concurrency: number
+  readonly processes: number
+  readonly vtSeconds: number
+  readonly maxAttempts: number
+  readonly pollIntervalMs: number
+  readonly pollMaxMs: number
+  readonly shutdownGraceSeconds: number
+  readonly leaseSeconds: number
+  readonly reaperIntervalSeconds: number
+  readonly barrierTtlSeconds: number
+  readonly stuckTimeoutSeconds: number
+  readonly heartbeatSeconds: number
+  readonly processStaleSeconds: number
+  readonly deadLetterRetentionDays: number
+  readonly healthPort: Option.Option<number>
+  readonly healthStaleSeconds: number
+  readonly statusUrl: Option.Option<string>
+  readonly logFormat: LogFormat
+}
+
+type Env = Readonly<Record<string, string | undefined>>
+
+/** One variable's value, trimmed; empty counts as unset (as in the reference system). */
+const raw = (env: Env, variable: string): Option.Option<string> => {
+  const value = env[variable]?.trim()
+  return value === undefined || value === "" ? Option.none() : Option.some(value)
+}
+
+const decodeVar = <A>(variable: string, expected: string, codec: Schema.Codec<A, string>) =>
+  (value: string): Effect.Effect<A, InvalidConfig> =>
+    Schema.decodeUnknownEffect(codec)(value).pipe(
+      Effect.mapError(() => new InvalidConfig({ variable, reason: `expected ${expected}, got ${JSON.stringify(value)}` }))
+    )
+
+const IntFromString = Schema.NumberFromString.check(Schema.isInt())
+const PositiveInt = IntFromString.check(Schema.isGreaterThan(0))
+const PositiveNumber = Schema.NumberFromString.check(Schema.isFinite(), Schema.isGreaterThan(0))
+const PortNumber = IntFromString.check(Schema.isBetween({ minimum: 0, maximum: 65535 }))
+const Identifier = Schema.String.check(Schema.isPattern(/^[a-z_][a-z0-9_]{0,62}$/))
+const QueueName = /^[A-Za-z0-9_.:-]{1,128}$/
+
+const optional = <A>(env: Env, variable: string, decode: (value: string) => Effect.Effect<A, InvalidConfig>) =>
+  Effect.transposeOption(Option.map(raw(env, variable), decode))
+
+const withDefault = <A>(
+  env: Env,
+  variable: string,
+  fallback: A,
+  decode: (value: string) => Effect.Effect<A, InvalidConfig>
+) => optional(env, variable, decode).pipe(Effect.map(Option.getOrElse(() => fallback)))
+
+const positiveInt = (env: Env, variable: string, fallback: number) =>
+  withDefault(env, variable, fallback, decodeVar(variable, "a positive integer", PositiveInt))
+
+const positiveNumber = (env: Env, variable: string, fallback: number) =>
+  withDefault(env, variable, fallback, decodeVar(variable, "a positive number", PositiveNumber))
+
+const boolean = (variable: string) => (value: string): Effect.Effect<boolean, InvalidConfig> => {
+  const lowered = value.toLowerCase()
+  if (["true", "1", "yes", "on"].includes(lowered)) return Effect.succeed(true)
+  if (["false", "0", "no", "off"].includes(lowered)) return Effect.succeed(false)
+  return Effect.fail(new InvalidConfig({ variable, reason: `expected true or false, got ${JSON.stringify(value)}` }))
+}
+
+const queueList = (variable: string) => (value: string): Effect.Effect<ReadonlyArray<string>, InvalidConfig> => {
+  const queues = [...new Set(value.split(",").map((q) => q.trim()).filter((q) => q !== ""))]
+  const bad = queues.find((q) => !QueueName.test(q))
+  if (bad !== undefined) {
+    return Effect.fail(new InvalidConfig({ variable, reason: `invalid queue name ${JSON.stringify(bad)}` }))
+  }
+  return queues.length === 0
+    ? Effect.fail(new InvalidConfig({ variable, reason: "lists no queue" }))
+    : Effect.succeed(queues)
+}
+
+const ensure = (condition: boolean, variable: string, reason: string) =>
+  condition ? Effect.void : Effect.fail(new InvalidConfig({ variable, reason }))
+
+/** Parse and validate the whole configuration from an environment record. */
+export const parseSettings = Effect.fnUntraced(function*(env: Env) {
+  const vtSeconds = yield* positiveInt(env, "PGQ_VT_SECONDS", 30)
+  const pollIntervalMs = yield* positiveInt(env, "PGQ_POLL_INTERVAL_MS", 100)
+  const pollMaxMs = yield* positiveInt(env, "PGQ_POLL_MAX_MS", 2000)
+  const leaseSeconds = yield* positiveInt(env, "PGQ_LEASE_SECONDS", 10)
+  const reaperIntervalSeconds = yield* positiveNumber(env, "PGQ_REAPER_INTERVAL_SECONDS", 5)
+  const heartbeatSeconds = yield* positiveNumber(env, "PGQ_HEARTBEAT_SECONDS", 2)
+  const settings: PgqSettings = {
+    databaseUrl: raw(env, "DATABASE_URL").pipe(Option.map(Redacted.make)),
+    schema: yield* withDefault(env, "PGQ_SCHEMA", "pgq", decodeVar("PGQ_SCHEMA", "a lower-case SQL identifier", Identifier)),
+    pgbouncer: yield* withDefault(env, "PGQ_PGBOUNCER", false, boolean("PGQ_PGBOUNCER")),
+    queues: yield* withDefault(env, "PGQ_QUEUES", ["default"], queueList("PGQ_QUEUES")),
+    tasks: raw(env, "PGQ_TASKS"),
+    concurrency: yield* positiveInt(env, "PGQ_CONCURRENCY", 10),
+    processes: yield* positiveInt(env, "PGQ_PROCESSES", 1),
+    vtSeconds,
+    maxAttempts: yield* positiveInt(env, "PGQ_MAX_ATTEMPTS", 5),
+    pollIntervalMs,
+    pollMaxMs,
+    shutdownGraceSeconds: yield* positiveNumber(env, "PGQ_SHUTDOWN_GRACE_SECONDS", Math.max(30, vtSeconds)),
+    leaseSeconds,
+    reaperIntervalSeconds,
+    barrierTtlSeconds: yield* positiveInt(env, "PGQ_BARRIER_TTL_SECONDS", 21600),
+    stuckTimeoutSeconds: yield* positiveInt(env, "PGQ_STUCK_TIMEOUT_SECONDS", 9000),
+    heartbeatSeconds,
+    processStaleSeconds: yield* positiveNumber(env, "PGQ_PROCESS_STALE_SECONDS", 10),
+    deadLetterRetentionDays: yield* positiveNumber(env, "PGQ_DEAD_LETTER_RETENTION_DAYS", 14),
+    healthPort: yield* optional(env, "PGQ_HEALTH_PORT", decodeVar("PGQ_HEALTH_PORT", "a port 0..65535", PortNumber)),
+    healthStaleSeconds: yield* positiveNumber(env, "PGQ_HEALTH_STALE_SECONDS", 60),
+    statusUrl: raw(env, "PGQ_STATUS_URL"),
+    logFormat: yield* withDefault(
+      env,
+      "PGQ_LOG_FORMAT",
+      "json",
+      decodeVar("PGQ_LOG_FORMAT", "json or pretty", Schema.Literals(["json", "pretty"]))
+    )
+  }
+  yield* ensure(pollMaxMs >= pollIntervalMs, "PGQ_POLL_MAX_MS", `must be >= PGQ_POLL_INTERVAL_MS (${pollIntervalMs})`)
+  yield* ensure(
+    reaperIntervalSeconds < leaseSeconds,
+    "PGQ_REAPER_INTERVAL_SECONDS",
+    `must be shorter than PGQ_LEASE_SECONDS (${leaseSeconds})`
+  )
+  yield* ensure(
+    settings.processStaleSeconds > heartbeatSeconds,
+    "PGQ_PROCESS_STALE_SECONDS",
+    `must be longer than PGQ_HEARTBEAT_SECONDS (${heartbeatSeconds})`
+  )
+  return settings
+})
+
+/** The validated settings as a service, so layers read configuration from one place. */
+export class PgqConfig extends Context.Service<PgqConfig, PgqSettings>()("effect-pg-queue/Config") {
+  /** Settings from `process.env` (or another record). */
+  static readonly fromEnv = (env: Env = process.env) => Layer.effect(PgqConfig, parseSettings(env))
+  /** Defaults with explicit overrides, for hosts that configure in code. */
+  static readonly layer = (overrides: Env = {}) => PgqConfig.fromEnv(overrides)
+}
+
+/** Defaults with overrides (hosts and tests). */
+export const settingsWith = (overrides: Partial<PgqSettings>): Effect.Effect<PgqSettings, InvalidConfig> =>
+  parseSettings({}).pipe(Effect.map((defaults) => ({ ...defaults, ...overrides })))

@@ -1,0 +1,67 @@
+/**
+ * Tagged errors shared across modules. A tagged error never has a field called `name` or `message`
+ * (they would shadow `Error.name` / `Error.message`); each error's `message` getter names the culprit.
+ */
+import { Schema } from "effect"
+
+/** A configuration value (an environment variable or an option) is missing or malformed. */
+export class InvalidConfig extends Schema.TaggedError<InvalidConfig>()("InvalidConfig", {
+  variable: Schema.String,
+  reason: Schema.String
+}) {
+  override get message() {
+    return `${this.variable}: ${this.reason}`
+  }
+}
+
+/** The database could not be reached at start-up. Never carries the password. */
+export class DatabaseUnavailable extends Schema.TaggedError<DatabaseUnavailable>()("DatabaseUnavailable", {
+  target: Schema.String,
+  reason: Schema.String
+}) {
+  override get message() {
+    return `cannot connect to ${this.target}: ${this.reason}`
+  }
+}
+
+/** A payload (or option) cannot be stored: it names the task and the field. */
+export class PayloadRejected extends Schema.TaggedError<PayloadRejected>()("PayloadRejected", {
+  task: Schema.String,
+  field: Schema.String,
+  reason: Schema.String
+}) {
+  override get message() {
+    return `task ${this.task}: ${this.field} ${this.reason}`
+  }
+}
+
+/** A message names a task that is not in the registry. */
+export class UnknownTask extends Schema.TaggedError<UnknownTask>()("UnknownTask", {
+  task: Schema.String
+}) {
+  override get message() {
+    return `unknown task ${JSON.stringify(this.task)}`
+  }
+}
+
+/** The schema migration failed. */
+export class MigrationFailed extends Schema.TaggedError<MigrationFailed>()("MigrationFailed", {
+  statement: Schema.String,
+  reason: Schema.String
+}) {
+  override get message() {
+    return `migration failed at ${JSON.stringify(this.statement.slice(0, 80))}: ${this.reason}`
+  }
+}
+
+/** Leadership ended: a renew returned false or failed. */
+export class LeaseLost extends Schema.TaggedError<LeaseLost>()("LeaseLost", {
+  lease: Schema.String,
+  holder: Schema.String,
+  term: Schema.Number,
+  reason: Schema.String
+}) {
+  override get message() {
+    return `lease ${this.lease} lost by ${this.holder} (term ${this.term}): ${this.reason}`
+  }
+}

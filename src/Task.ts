@@ -1,0 +1,131 @@
+/**
+ * Task definitions: a name, a payload Schema, a handler and a failure policy, defined once and used
+ * both to enqueue (encode) and to run (decode, execute, classify the outcome).
+ */
+import { Cause, Effect, Exit, Option, Schema } from "effect"
+
+/** What to do with a job whose handler failed with a typed error. */
+export type FailureAction = "retry" | "dead-letter" | "discard"
+
+/** What a handler knows about the job it runs. */
+export interface JobContext {
+  readonly msgId: string
+  readonly task: string
+  readonly queue: string
+  /** 1 on the first run; the attempt fence used by ack/extend/fail. */
+  readonly attempt: number
+  readonly maxAttempts: number
+  readonly orgId: string
+  readonly enqueuedAt: Date
+  readonly executionId: string | null
+  readonly batchIndex: number | null
+}
+
+export interface Backoff {
+  readonly baseSeconds: number
+  readonly maxSeconds: number
+}
+
+export const defaultBackoff: Backoff = { baseSeconds: 1, maxSeconds: 3600 }
+
+/** Seconds to wait before attempt `attempt + 1`: exponential with ±25% jitter, capped. */
+export const backoffSeconds = (backoff: Backoff, attempt: number, random: number = Math.random()): number => {
+  const exponential = Math.min(backoff.maxSeconds, backoff.baseSeconds * 2 ** Math.max(0, attempt - 1))
+  return Math.min(backoff.maxSeconds, exponential * (0.75 + random * 0.5))
+}
+
+/** The classified result of running one job. */
+export type Outcome =
+  | { readonly _tag: "Succeeded"; readonly result: unknown }
+  | { readonly _tag: "Failed"; readonly action: FailureAction; readonly error: string }
+  | { readonly _tag: "Rejected"; readonly reason: string }
+
+export interface TaskOptions<S extends Schema.Top, E, R> {
+  readonly name: string
+  readonly payload: S
+  readonly handler: (payload: S["Type"], job: JobContext) => Effect.Effect<unknown, E, R>
+  /** Typed failures retry with backoff unless this says otherwise. Defects always retry. */
+  readonly onFailure?: (error: E) => FailureAction
+  readonly maxAttempts?: number
+  readonly backoff?: Backoff
+  /** Defaults for enqueue. */
+  readonly queue?: string
+  readonly priority?: number
+}
+
+/** A task, with its types erased behind `execute` so a registry can hold many. */
+export interface Task<P = unknown, R = never> {
+  readonly name: string
+  readonly maxAttempts: number | undefined
+  readonly backoff: Backoff
+  readonly queue: string | undefined
+  readonly priority: number | undefined
+  /** Encode a typed payload to its JSON form (for enqueue). */
+  readonly encode: (payload: P) => Effect.Effect<unknown, string>
+  /** Decode the stored payload, run the handler and classify the result. Never fails; interruption propagates. */
+  readonly execute: (payload: unknown, job: JobContext) => Effect.Effect<Outcome, never, R>
+}
+
+const describe = (error: unknown): string => {
+  if (error instanceof Error) return error.message === "" ? error.name : `${error.name}: ${error.message}`
+  if (typeof error === "object" && error !== null && "_tag" in error) return String(error._tag)
+  return String(error)
+}
+
+/** Define a task once: the same value enqueues typed payloads and runs them. */
+export const define = <S extends Schema.Top & Schema.Codec<S["Type"], S["Encoded"], never, never>, E = never, R = never>(
+  options: TaskOptions<S, E, R>
+): Task<S["Type"], R> => {
+  const decode = Schema.decodeUnknownEffect(options.payload)
+  const encode = Schema.encodeUnknownEffect(options.payload)
+  const onFailure = options.onFailure ?? (() => "retry" as const)
+  return {
+    name: options.name,
+    maxAttempts: options.maxAttempts,
+    backoff: options.backoff ?? defaultBackoff,
+    queue: options.queue,
+    priority: options.priority,
+    encode: (payload) => encode(payload).pipe(Effect.mapError((error) => error.message)),
+    execute: (payload, job) =>
+      decode(payload).pipe(
+        Effect.matchEffect({
+          onFailure: (error) => Effect.succeed<Outcome>({ _tag: "Rejected", reason: `payload does not match the schema of task ${options.name}: ${error.message}` }),
+          onSuccess: (decoded) =>
+            options.handler(decoded, job).pipe(
+              Effect.exit,
+              Effect.flatMap((exit): Effect.Effect<Outcome> => {
+                if (Exit.isSuccess(exit)) return Effect.succeed({ _tag: "Succeeded", result: exit.value })
+                if (Cause.hasInterruptsOnly(exit.cause)) return Effect.interrupt
+                const failure = Cause.findErrorOption(exit.cause)
+                return Effect.succeed(
+                  Option.isSome(failure)
+                    ? { _tag: "Failed", action: onFailure(failure.value), error: describe(failure.value) }
+                    : { _tag: "Failed", action: "retry", error: `defect: ${Cause.pretty(exit.cause).split("\n")[0]}` }
+                )
+              })
+            )
+        })
+      )
+  }
+}
+
+/** A set of tasks keyed by name; what `PGQ_TASKS` modules export. */
+export interface TaskRegistry<R = never> {
+  readonly tasks: ReadonlyMap<string, Task<never, R>>
+}
+
+/**
+ * Build a registry. Duplicate names are a programming error caught when the registry is built.
+ * `Task<P, R>` is contravariant in P, so any task fits `Task<never, R>`.
+ */
+export const registry = <R>(...tasks: ReadonlyArray<Task<never, R>>): TaskRegistry<R> => {
+  const byName = new Map<string, Task<never, R>>()
+  for (const task of tasks) {
+    if (byName.has(task.name)) throw new Error(`duplicate task name ${JSON.stringify(task.name)} in registry`)
+    byName.set(task.name, task)
+  }
+  return { tasks: byName }
+}
+
+export const isRegistry = (value: unknown): value is TaskRegistry<unknown> =>
+  typeof value === "object" && value !== null && "tasks" in value && value.tasks instanceof Map
