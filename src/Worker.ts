@@ -1,0 +1,261 @@
+/**
+ * The consumer loop as a scoped Layer. It claims up to `concurrency` jobs at a time, runs each as a
+ * fiber, renews every in-flight lease every lease/3 in one statement, acks in batches, and on scope
+ * close stops claiming, drains within the grace period and releases what is left.
+ */
+import { Clock, Context, Duration, Effect, Fiber, FiberSet, Layer, Metric, Option, Queue as Q, Ref, Schedule } from "effect"
+import { SqlClient } from "effect/sql"
+import * as Metrics from "./Metrics.ts"
+import { ProcessRegistry } from "./ProcessRegistry.ts"
+import { type Attempt, type ClaimedJob, Queue } from "./Queue.ts"
+import { backoffSeconds, type JobContext, type Outcome, type TaskRegistry } from "./Task.ts"
+
+export interface WorkerOptions {
+  readonly schema: string
+  readonly queues: ReadonlyArray<string>
+  readonly concurrency: number
+  /** The claim window (visibility timeout); renewed every third of it while a job runs. */
+  readonly leaseSeconds: number
+  readonly maxAttempts: number
+  readonly pollIntervalMs: number
+  readonly pollMaxMs: number
+  readonly shutdownGraceSeconds: number
+  readonly heartbeatSeconds: number
+}
+
+export interface WorkerStatus {
+  readonly processId: string
+  readonly inFlight: number
+  readonly secondsSinceLastPoll: number
+  readonly processed: number
+}
+
+interface Running {
+  readonly attempt: Attempt
+}
+
+/**
+ * Delay between polls: none after a poll that claimed work, otherwise doubling from `minMs` to
+ * `maxMs` (0.1 s, 0.2 s, 0.4 s … 2 s with the defaults), reset by the next poll that finds work.
+ */
+export const pollSchedule = (minMs: number, maxMs: number): Schedule.Schedule<number, number> =>
+  Schedule.fromStep(
+    Effect.sync(() => {
+      let idleDelay = minMs
+      return (_now: number, claimed: number) => {
+        if (claimed > 0) {
+          idleDelay = minMs
+          return Effect.succeed([claimed, Duration.zero] as [number, Duration.Duration])
+        }
+        const delay = idleDelay
+        idleDelay = Math.min(idleDelay * 2, maxMs)
+        return Effect.succeed([claimed, Duration.millis(delay)] as [number, Duration.Duration])
+      }
+    })
+  )
+
+const jobContext = (job: ClaimedJob): JobContext => ({
+  msgId: job.msgId,
+  task: job.task,
+  queue: job.queue,
+  attempt: job.attempt,
+  maxAttempts: job.maxAttempts,
+  orgId: job.orgId,
+  enqueuedAt: job.enqueuedAt,
+  executionId: job.executionId,
+  batchIndex: job.batchIndex
+})
+
+export class Worker extends Context.Service<Worker, {
+  readonly processId: string
+  readonly status: Effect.Effect<WorkerStatus>
+}>()("effect-pg-queue/Worker") {
+  static readonly layer = <R>(registry: TaskRegistry<R>, options: WorkerOptions) =>
+    Layer.effect(Worker, makeWorker(registry, options))
+}
+
+const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, options: WorkerOptions) {
+  const queue = yield* Queue
+  const processes = yield* ProcessRegistry
+  const processId = yield* processes.register({ kind: "worker", queues: options.queues, every: options.heartbeatSeconds })
+
+  const running = new Map<string, Running>()
+  const lastPollAt = yield* Ref.make(yield* Clock.currentTimeMillis)
+  const lastMaintenanceAt = yield* Ref.make(0)
+  const processed = yield* Ref.make(0)
+  const slotFreed = yield* Q.sliding<void>(1)
+  const acks = yield* Q.unbounded<Attempt>()
+  const jobs = yield* FiberSet.make<void>()
+
+  const settle = Effect.fnUntraced(function*(job: ClaimedJob, outcome: Outcome) {
+    const attempt = { msgId: job.msgId, attempt: job.attempt }
+    switch (outcome._tag) {
+      case "Succeeded":
+        return yield* Q.offer(acks, attempt)
+      case "Rejected":
+        yield* Effect.logWarning(`job ${job.msgId} (${job.task}) dead-lettered: ${outcome.reason}`)
+        yield* Metric.update(Metrics.jobsFailed, 1)
+        return yield* queue.deadLetter(attempt, outcome.reason).pipe(
+          Effect.tap((buried) => Metric.update(buried ? Metrics.jobsDeadLettered : Metrics.jobsStale, 1))
+        )
+      case "Failed": {
+        yield* Metric.update(Metrics.jobsFailed, 1)
+        if (outcome.action === "discard") {
+          yield* Effect.logWarning(`job ${job.msgId} (${job.task}) failed and was discarded: ${outcome.error}`)
+          return yield* Q.offer(acks, attempt)
+        }
+        const task = registry.tasks.get(job.task)
+        const result = yield* queue.fail(attempt, {
+          error: outcome.error,
+          retryInSeconds: backoffSeconds(task?.backoff ?? { baseSeconds: 1, maxSeconds: 3600 }, job.attempt),
+          deadLetter: outcome.action === "dead-letter"
+        })
+        yield* Effect.logWarning(`job ${job.msgId} (${job.task}) attempt ${job.attempt} failed (${result}): ${outcome.error}`)
+        yield* Metric.update(
+          result === "dead-lettered" ? Metrics.jobsDeadLettered : result === "retried" ? Metrics.jobsRetried : Metrics.jobsStale,
+          1
+        )
+      }
+    }
+  })
+
+  const outcomeOf = (job: ClaimedJob): Effect.Effect<Outcome, never, R> => {
+    const task = registry.tasks.get(job.task)
+    if (task === undefined) return Effect.succeed({ _tag: "Rejected", reason: `unknown task ${JSON.stringify(job.task)}` })
+    if (job.attempt > job.maxAttempts) {
+      return Effect.succeed({
+        _tag: "Rejected",
+        reason: `exceeded max_attempts (${job.maxAttempts}): attempt ${job.attempt} was claimed after earlier leases expired`
+      })
+    }
+    return task.execute(job.payload, jobContext(job))
+  }
+
+  const runJob = (job: ClaimedJob) =>
+    outcomeOf(job).pipe(
+      Effect.flatMap((outcome) => settle(job, outcome)),
+      Effect.catchCause((cause) => Effect.logError(`job ${job.msgId} (${job.task}): could not record its outcome`, cause)),
+      Effect.ensuring(
+        Effect.sync(() => running.delete(job.msgId)).pipe(
+          Effect.andThen(Metric.update(Metrics.inFlight, -1)),
+          Effect.andThen(Q.offer(slotFreed, undefined))
+        )
+      ),
+      Effect.annotateLogs({ msg_id: job.msgId, task: job.task, attempt: job.attempt })
+    )
+
+  const start = Effect.fnUntraced(function*(job: ClaimedJob) {
+    running.set(job.msgId, { attempt: { msgId: job.msgId, attempt: job.attempt } })
+    yield* Metric.update(Metrics.inFlight, 1)
+    yield* FiberSet.run(jobs, runJob(job))
+  })
+
+  /** Re-arm expired claims and promote due jobs of our queues, at most once per poll interval. */
+  const maintain = Effect.gen(function*() {
+    const now = yield* Clock.currentTimeMillis
+    if (now - (yield* Ref.get(lastMaintenanceAt)) < Math.max(options.pollIntervalMs, 250)) return
+    yield* Ref.set(lastMaintenanceAt, now)
+    yield* queue.promoteDue(options.queues)
+    yield* queue.rearmExpired(options.queues)
+  })
+
+  /** One poll: claim into the free slots and start the jobs. Returns how many it claimed (or 1 if full). */
+  const poll = Effect.gen(function*() {
+    yield* Ref.set(lastPollAt, yield* Clock.currentTimeMillis)
+    const free = options.concurrency - running.size
+    if (free <= 0) {
+      yield* Q.take(slotFreed)
+      return 1
+    }
+    const [elapsed, claimed] = yield* queue
+      .claim({ queues: options.queues, limit: free, leaseSeconds: options.leaseSeconds, processId })
+      .pipe(Effect.timed)
+    yield* Metric.update(Metrics.claimLatency, Duration.toSeconds(elapsed))
+    yield* Effect.forEach(claimed, start, { discard: true })
+    if (claimed.length === 0) yield* maintain
+    return claimed.length
+  }).pipe(
+    Effect.catchCause((cause) => Effect.logWarning("poll cycle failed; backing off", cause).pipe(Effect.as(0)))
+  )
+
+  const flushAcks = (attempts: ReadonlyArray<Attempt>) =>
+    queue.ackMany(attempts).pipe(
+      Effect.tap((acked) =>
+        Effect.all([
+          Metric.update(Metrics.jobsProcessed, acked.size),
+          Ref.update(processed, (n) => n + acked.size),
+          acked.size < attempts.length
+            ? Metric.update(Metrics.jobsStale, attempts.length - acked.size).pipe(
+              Effect.andThen(Effect.logWarning(
+                `${attempts.length - acked.size} ack(s) refused by the attempt fence: those jobs were re-claimed elsewhere (possible double run)`
+              ))
+            )
+            : Effect.void
+        ])
+      ),
+      Effect.catchCause((cause) =>
+        Effect.logError(`ack of ${attempts.length} job(s) failed; they will be redelivered after their lease`, cause)
+      )
+    )
+
+  /** Renew every in-flight lease in one statement. */
+  const renewLeases = Effect.gen(function*() {
+    const attempts = [...running.values()].map((r) => r.attempt)
+    if (attempts.length === 0) return
+    const held = yield* queue.extend(attempts, options.leaseSeconds)
+    const lost = attempts.filter((a) => !held.has(a.msgId) && running.has(a.msgId))
+    if (lost.length > 0) {
+      yield* Metric.update(Metrics.leaseRenewFailures, lost.length)
+      yield* Effect.logWarning(`lease lost for job(s) ${lost.map((a) => a.msgId).join(", ")}: they may run twice`)
+    }
+  }).pipe(Effect.catchCause((cause) => Effect.logWarning("lease renewal failed; retrying next tick", cause)))
+
+  const renewEvery = Duration.millis(Math.max(100, (options.leaseSeconds * 1000) / 3))
+  yield* renewLeases.pipe(Effect.delay(renewEvery), Effect.repeat(Schedule.spaced(renewEvery)), Effect.forkScoped)
+  const acker = yield* Q.takeAll(acks).pipe(Effect.flatMap(flushAcks), Effect.forever, Effect.forkScoped)
+  const poller = yield* poll.pipe(Effect.repeat(pollSchedule(options.pollIntervalMs, options.pollMaxMs)), Effect.forkScoped)
+
+  // Shutdown is interruption: stop claiming, drain within the grace period, release the rest.
+  yield* Effect.addFinalizer(() =>
+    Effect.gen(function*() {
+      yield* Fiber.interrupt(poller)
+      const drained = yield* FiberSet.awaitEmpty(jobs).pipe(
+        Effect.timeoutOption(Duration.seconds(options.shutdownGraceSeconds))
+      )
+      const unfinished = [...running.values()].map((r) => r.attempt)
+      if (Option.isNone(drained)) yield* FiberSet.clear(jobs)
+      yield* Fiber.interrupt(acker)
+      yield* flushAcks(yield* Q.clear(acks))
+      if (unfinished.length > 0) {
+        const released = yield* queue.release(unfinished).pipe(Effect.orElseSucceed(() => 0))
+        yield* Metric.update(Metrics.jobsReleased, released)
+        yield* Effect.logWarning(`shutdown grace expired: released ${released} unfinished job(s) for immediate redelivery`)
+      }
+      yield* Effect.logInfo(`worker ${processId} drained`)
+    })
+  )
+
+  const status = Effect.gen(function*() {
+    const now = yield* Clock.currentTimeMillis
+    return {
+      processId,
+      inFlight: running.size,
+      secondsSinceLastPoll: (now - (yield* Ref.get(lastPollAt))) / 1000,
+      processed: yield* Ref.get(processed)
+    }
+  })
+
+  yield* Effect.logInfo(
+    `worker ${processId} started: queues=${options.queues.join(",")} concurrency=${options.concurrency} lease=${options.leaseSeconds}s tasks=${[...registry.tasks.keys()].join(",")}`
+  )
+  return Worker.of({ processId, status })
+})
+
+/** A worker with its Queue, from settings (what `dist/worker.js` runs). */
+export const layerFromSettings = <R>(registry: TaskRegistry<R>, settings: WorkerOptions) =>
+  Worker.layer(registry, settings).pipe(
+    Layer.provide(ProcessRegistry.layer(settings.schema)),
+    Layer.provide(Queue.layer({ schema: settings.schema, maxAttempts: settings.maxAttempts }))
+  )
+
+export type WorkerRequirements = SqlClient.SqlClient

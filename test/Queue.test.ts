@@ -1,0 +1,190 @@
+import { assert, describe, expect, layer } from "@effect/vitest"
+import { Effect, Exit } from "effect"
+import { SqlClient } from "effect/sql"
+import { Queue } from "../src/Queue.ts"
+import { TestSchema, testDb } from "./support.ts"
+
+/** Shift a row's timestamps into the past: the server clock cannot be moved, the data can. */
+const age = (column: "visible_at" | "vt", seconds: number) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const { schema } = yield* TestSchema
+    yield* sql.unsafe(`UPDATE "${schema}".message SET ${column} = ${column} - interval '${seconds} seconds'`)
+  })
+
+const claim = (queue: string, limit: number, processId = "test-process") =>
+  Queue.use((q) => q.claim({ queues: [queue], limit, leaseSeconds: 30, processId }))
+
+const queueSuite = (label: string, pgbouncer: boolean) =>
+  layer(testDb(`queue_${pgbouncer ? "bouncer" : "named"}`, { pgbouncer, maxConnections: 20 }), {
+    excludeTestServices: true
+  })(`Queue (${label})`, (it) => {
+    it.effect("concurrent claimers never share a job and never over-claim", () =>
+      Effect.gen(function*() {
+        const q = yield* Queue
+        yield* q.enqueueMany(Array.from({ length: 500 }, (_, i) => ({ task: "t", payload: { i }, options: { queue: "race" } })))
+        const batches = yield* Effect.all(
+          Array.from({ length: 16 }, (_, i) => claim("race", 7, `claimer-${i}`)),
+          { concurrency: "unbounded" }
+        )
+        for (const batch of batches) expect(batch.length).toBeLessThanOrEqual(7)
+        const ids = batches.flat().map((job) => job.msgId)
+        expect(new Set(ids).size).toBe(ids.length)
+        // Drain the rest with more concurrent rounds: every job is claimed exactly once overall.
+        const seen = new Set(ids)
+        let rest = yield* Effect.all(Array.from({ length: 16 }, () => claim("race", 50)), { concurrency: "unbounded" })
+        while (rest.some((b) => b.length > 0)) {
+          for (const job of rest.flat()) {
+            assert.isFalse(seen.has(job.msgId), `job ${job.msgId} claimed twice`)
+            seen.add(job.msgId)
+          }
+          rest = yield* Effect.all(Array.from({ length: 16 }, () => claim("race", 50)), { concurrency: "unbounded" })
+        }
+        expect(seen.size).toBe(500)
+      }))
+
+    it.effect("claims by priority, then FIFO", () =>
+      Effect.gen(function*() {
+        const q = yield* Queue
+        const low = yield* q.enqueue("t", 1, { queue: "prio", priority: 1 })
+        const midA = yield* q.enqueue("t", 2, { queue: "prio" })
+        const high = yield* q.enqueue("t", 3, { queue: "prio", priority: 10 })
+        const midB = yield* q.enqueue("t", 4, { queue: "prio" })
+        const jobs = yield* claim("prio", 10)
+        expect(jobs.map((j) => j.msgId)).toEqual([high, midA, midB, low])
+        expect(jobs.map((j) => j.attempt)).toEqual([1, 1, 1, 1])
+      }))
+
+    it.effect("a delayed job is invisible until due, then promoted", () =>
+      Effect.gen(function*() {
+        const q = yield* Queue
+        const id = yield* q.enqueue("t", {}, { queue: "delay", delay: "1 hour" })
+        expect(yield* claim("delay", 1)).toEqual([])
+        expect(yield* q.promoteDue(["delay"])).toBe(0)
+        yield* age("visible_at", 3601)
+        expect(yield* q.promoteDue(["delay"])).toBe(1)
+        expect((yield* claim("delay", 1)).map((j) => j.msgId)).toEqual([id])
+      }))
+
+    it.effect("a stale attempt can neither ack, extend, fail nor release a newer one", () =>
+      Effect.gen(function*() {
+        const q = yield* Queue
+        const id = yield* q.enqueue("t", {}, { queue: "fence" })
+        const [first] = yield* claim("fence", 1)
+        yield* age("vt", 60)
+        expect(yield* q.rearmExpired(["fence"])).toBe(1)
+        const [second] = yield* claim("fence", 1)
+        expect(second!.attempt).toBe(first!.attempt + 1)
+        expect(yield* q.ack(first!)).toBe(false)
+        expect((yield* q.extend([first!], 30)).size).toBe(0)
+        expect(yield* q.fail(first!, { error: "zombie", retryInSeconds: 0 })).toBe("stale")
+        expect(yield* q.release([first!])).toBe(0)
+        expect(yield* q.deadLetter(first!, "zombie")).toBe(false)
+        // The newer attempt is untouched and can complete.
+        expect((yield* q.extend([second!], 30)).has(id)).toBe(true)
+        expect(yield* q.ack(second!)).toBe(true)
+      }))
+
+    it.effect("failures retry with backoff, then dead-letter; replay brings the job back", () =>
+      Effect.gen(function*() {
+        const q = yield* Queue
+        const sql = yield* SqlClient.SqlClient
+        const { schema } = yield* TestSchema
+        const id = yield* q.enqueue("t", { n: 1 }, { queue: "retry", maxAttempts: 2 })
+        const [first] = yield* claim("retry", 1)
+        expect(yield* q.fail(first!, { error: "boom 1", retryInSeconds: 120 })).toBe("retried")
+        const [row] = yield* sql<{ state: string; delay: number; last_error: string }>`
+          SELECT state, extract(epoch FROM visible_at - now())::float8 AS delay, last_error
+          FROM ${sql(`${schema}.message`)} WHERE msg_id = ${id}::bigint`
+        expect(row!.state).toBe("scheduled")
+        expect(row!.delay).toBeGreaterThan(100)
+        expect(row!.last_error).toBe("boom 1")
+        expect(yield* claim("retry", 1)).toEqual([])
+        yield* age("visible_at", 200)
+        yield* q.promoteDue(["retry"])
+        const [second] = yield* claim("retry", 1)
+        expect(second!.attempt).toBe(2)
+        expect(yield* q.fail(second!, { error: "boom 2", retryInSeconds: 1 })).toBe("dead-lettered")
+        const dead = yield* q.listDeadLetters()
+        expect(dead.map((d) => [d.msgId, d.lastError, d.attempts])).toEqual([[id, "boom 2", 2]])
+        expect(yield* q.replayDeadLetters([id])).toBe(1)
+        expect(yield* q.listDeadLetters()).toEqual([])
+        const [replayed] = yield* claim("retry", 1)
+        expect(replayed!.payload).toEqual({ n: 1 })
+        expect(replayed!.attempt).toBe(1)
+        expect(replayed!.msgId).not.toBe(id)
+      }))
+
+    it.effect("release gives a job back at once without spending an attempt", () =>
+      Effect.gen(function*() {
+        const q = yield* Queue
+        yield* q.enqueue("t", {}, { queue: "release", maxAttempts: 1 })
+        const [first] = yield* claim("release", 1)
+        expect(yield* q.release([first!])).toBe(1)
+        const [again] = yield* claim("release", 1)
+        expect(again!.attempt).toBe(2)
+        expect(again!.maxAttempts).toBe(2)
+      }))
+
+    it.effect("enqueue joins the host transaction: rolled back means never enqueued", () =>
+      Effect.gen(function*() {
+        const q = yield* Queue
+        const sql = yield* SqlClient.SqlClient
+        const failed = yield* sql.withTransaction(
+          q.enqueue("t", { outbox: true }, { queue: "outbox" }).pipe(Effect.andThen(Effect.fail("host failed")))
+        ).pipe(Effect.exit)
+        expect(Exit.isFailure(failed)).toBe(true)
+        expect(yield* claim("outbox", 10)).toEqual([])
+        yield* sql.withTransaction(q.enqueue("t", { outbox: true }, { queue: "outbox" }))
+        expect((yield* claim("outbox", 10)).length).toBe(1)
+      }))
+
+    it.effect("bad payloads and options are rejected before anything is written, naming the field", () =>
+      Effect.gen(function*() {
+        const q = yield* Queue
+        const cases: ReadonlyArray<[unknown, object, string, RegExp]> = [
+          [{ n: 1n }, {}, "payload.n", /bigint/],
+          [{ list: [1, Number.NaN] }, {}, "payload.list[1]", /NaN/],
+          [{ text: "a\u0000b" }, {}, "payload.text", /NUL/],
+          [{ ok: 1 }, { priority: 11 }, "priority", /1\.\.10/],
+          [{ ok: 1 }, { priority: 2.5 }, "priority", /1\.\.10/],
+          [{ ok: 1 }, { maxAttempts: 0 }, "maxAttempts", /positive/],
+          [{ ok: 1 }, { queue: "" }, "queue", /non-empty/],
+          [{ ok: 1 }, { delay: -5 }, "delay", /non-negative/]
+        ]
+        for (const [payload, options, field, reason] of cases) {
+          const error = yield* q.enqueue("bad-task", payload, { queue: "bad", ...options }).pipe(Effect.flip)
+          expect(error._tag).toBe("PayloadRejected")
+          if (error._tag === "PayloadRejected") {
+            expect(error.field).toBe(field)
+            expect(error.message).toMatch(reason)
+            expect(error.message).toContain("bad-task")
+          }
+        }
+        // One bad job rejects the whole batch.
+        const batch = yield* q.enqueueMany([
+          { task: "good", payload: 1, options: { queue: "bad" } },
+          { task: "bad", payload: Number.POSITIVE_INFINITY, options: { queue: "bad" } }
+        ]).pipe(Effect.flip)
+        expect(batch._tag).toBe("PayloadRejected")
+        expect(yield* claim("bad", 10)).toEqual([])
+      }))
+
+    it.effect("enqueueMany inserts a batch in one statement and returns ids in order", () =>
+      Effect.gen(function*() {
+        const q = yield* Queue
+        const ids = yield* q.enqueueMany(
+          Array.from({ length: 1000 }, (_, i) => ({ task: "bulk", payload: { i }, options: { queue: "bulk" } }))
+        )
+        expect(ids.length).toBe(1000)
+        expect(ids.map(Number)).toEqual([...ids.map(Number)].sort((a, b) => a - b))
+        const jobs = yield* claim("bulk", 1000)
+        expect(jobs.map((j) => (j.payload as { i: number }).i)).toEqual(Array.from({ length: 1000 }, (_, i) => i))
+        expect((yield* q.stats()).find((s) => s.queue === "bulk")?.claimed).toBe(1000)
+      }))
+  })
+
+describe("Queue", () => {
+  queueSuite("named prepared statements", false)
+  queueSuite("PGQ_PGBOUNCER=true, no prepared statements", true)
+})

@@ -1,0 +1,55 @@
+/**
+ * Per-file isolation: every test file migrates its own schema on the shared test server and drops it
+ * afterwards, so files run in parallel without seeing each other's rows.
+ */
+import { inject } from "@effect/vitest"
+import { Context, Effect, Layer, Redacted } from "effect"
+import { SqlClient } from "effect/sql"
+import * as Database from "../src/Database.ts"
+import { migrate } from "../src/Migrations.ts"
+import { Queue } from "../src/Queue.ts"
+
+export class TestSchema extends Context.Service<TestSchema, { readonly schema: string; readonly url: string }>()(
+  "test/TestSchema"
+) {}
+
+export const databaseUrl = (): string => inject("databaseUrl")
+
+export const uniqueSchema = (prefix: string) =>
+  `t_${prefix.replace(/[^a-z0-9_]/g, "_")}_${Math.random().toString(36).slice(2, 8)}`
+
+/** A migrated schema of its own, dropped when the layer is released. */
+export const schemaLayer = (prefix: string) =>
+  Layer.effect(
+    TestSchema,
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const schema = uniqueSchema(prefix)
+      yield* Effect.acquireRelease(migrate(schema), () =>
+        sql.unsafe(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).pipe(Effect.ignore))
+      return { schema, url: databaseUrl() }
+    })
+  )
+
+export interface TestDbOptions {
+  readonly pgbouncer?: boolean
+  readonly maxConnections?: number
+  readonly maxAttempts?: number
+}
+
+/** SqlClient + PgClient + TestSchema + Queue over a fresh schema. */
+export const testDb = (prefix: string, options: TestDbOptions = {}) => {
+  const db = Database.layer({
+    url: Redacted.make(databaseUrl()),
+    pgbouncer: options.pgbouncer ?? false,
+    maxConnections: options.maxConnections ?? 8,
+    applicationName: `pgq-test-${prefix}`
+  })
+  const schema = schemaLayer(prefix).pipe(Layer.provideMerge(db))
+  const queue = Layer.unwrap(
+    TestSchema.use(({ schema }) =>
+      Effect.succeed(Queue.layer({ schema, maxAttempts: options.maxAttempts ?? 5 }))
+    )
+  )
+  return queue.pipe(Layer.provideMerge(schema))
+}
