@@ -31,6 +31,8 @@ export interface PgqSettings {
   readonly healthStaleSeconds: number
   readonly statusUrl: Option.Option<string>
   readonly logFormat: LogFormat
+  /** Apply schema.sql at start-up (idempotent); off for roles without DDL rights. */
+  readonly autoMigrate: boolean
 }
 
 type Env = Readonly<Record<string, string | undefined>>
@@ -127,7 +129,8 @@ export const parseSettings = Effect.fnUntraced(function*(env: Env) {
       "PGQ_LOG_FORMAT",
       "json",
       decodeVar("PGQ_LOG_FORMAT", "json or pretty", Schema.Literals(["json", "pretty"]))
-    )
+    ),
+    autoMigrate: yield* withDefault(env, "PGQ_AUTO_MIGRATE", true, boolean("PGQ_AUTO_MIGRATE"))
   }
   yield* ensure(pollMaxMs >= pollIntervalMs, "PGQ_POLL_MAX_MS", `must be >= PGQ_POLL_INTERVAL_MS (${pollIntervalMs})`)
   yield* ensure(

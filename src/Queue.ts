@@ -451,3 +451,17 @@ export class Queue extends Context.Service<Queue, QueueShape>()("effect-pg-queue
 }
 
 export type QueueError = SqlError.SqlError | PayloadRejected
+
+const pad = (value: string | number, width: number) => String(value).padStart(width)
+
+/** The `status` table, one line per queue. */
+export const formatStats = (stats: ReadonlyArray<QueueStats>): string => {
+  const header = `${"queue".padEnd(20)}${pad("ready", 9)}${pad("scheduled", 11)}${pad("claimed", 9)}${pad("dead", 7)}${pad("oldest ready", 14)}`
+  const lines = stats.map((s) =>
+    `${s.queue.padEnd(20)}${pad(s.ready, 9)}${pad(s.scheduled, 11)}${pad(s.claimed, 9)}${pad(s.deadLettered, 7)}${
+      pad(s.oldestReadySeconds === null ? "-" : `${s.oldestReadySeconds.toFixed(1)}s`, 14)
+    }`
+  )
+  return [header, ...(lines.length === 0 ? ["(no jobs)"] : lines)].join("\n")
+}
+

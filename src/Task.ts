@@ -3,6 +3,9 @@
  * both to enqueue (encode) and to run (decode, execute, classify the outcome).
  */
 import { Cause, Effect, Exit, Option, Schema } from "effect"
+import { resolve } from "node:path"
+import { pathToFileURL } from "node:url"
+import { InvalidConfig } from "./Errors.ts"
 
 /** What to do with a job whose handler failed with a typed error. */
 export type FailureAction = "retry" | "dead-letter" | "discard"
@@ -66,10 +69,13 @@ export interface Task<P = unknown, R = never> {
   readonly execute: (payload: unknown, job: JobContext) => Effect.Effect<Outcome, never, R>
 }
 
+/** A failure as one line for `last_error`: a tagged error without a message shows its fields. */
 const describe = (error: unknown): string => {
-  if (error instanceof Error) return error.message === "" ? error.name : `${error.name}: ${error.message}`
-  if (typeof error === "object" && error !== null && "_tag" in error) return String(error._tag)
-  return String(error)
+  if (typeof error !== "object" || error === null) return String(error)
+  const tag = "_tag" in error ? String(error._tag) : error instanceof Error ? error.name : "Error"
+  if (error instanceof Error && error.message !== "") return `${tag}: ${error.message}`
+  const fields = Object.fromEntries(Object.entries(error).filter(([key]) => key !== "_tag"))
+  return Object.keys(fields).length === 0 ? tag : `${tag}: ${JSON.stringify(fields)}`
 }
 
 /** Define a task once: the same value enqueues typed payloads and runs them. */
@@ -129,3 +135,27 @@ export const registry = <R>(...tasks: ReadonlyArray<Task<never, R>>): TaskRegist
 
 export const isRegistry = (value: unknown): value is TaskRegistry<unknown> =>
   typeof value === "object" && value !== null && "tasks" in value && value.tasks instanceof Map
+
+/**
+ * Load the registry exported (as `default` or `tasks`) by the module `PGQ_TASKS` names; a path is
+ * resolved against the working directory.
+ */
+export const loadRegistry = (specifier: string): Effect.Effect<TaskRegistry<never>, InvalidConfig> =>
+  Effect.tryPromise({
+    try: () => import(/^\.{0,2}\//.test(specifier) ? pathToFileURL(resolve(specifier)).href : specifier),
+    catch: (error) => new InvalidConfig({ variable: "PGQ_TASKS", reason: `cannot import ${specifier}: ${String(error)}` })
+  }).pipe(
+    Effect.flatMap((module: Record<string, unknown>) => {
+      const candidate = module.default ?? module.tasks
+      if (!isRegistry(candidate)) {
+        return Effect.fail(new InvalidConfig({
+          variable: "PGQ_TASKS",
+          reason: `${specifier} must export a task registry (Task.registry(...)) as default or as "tasks"`
+        }))
+      }
+      if (candidate.tasks.size === 0) {
+        return Effect.fail(new InvalidConfig({ variable: "PGQ_TASKS", reason: `${specifier} registers no task` }))
+      }
+      return Effect.succeed(candidate as TaskRegistry<never>)
+    })
+  )

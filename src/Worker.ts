@@ -4,7 +4,8 @@
  * close stops claiming, drains within the grace period and releases what is left.
  */
 import { Clock, Context, Duration, Effect, Fiber, FiberSet, Layer, Metric, Option, Queue as Q, Ref, Schedule } from "effect"
-import { SqlClient } from "effect/sql"
+import type { PgqSettings } from "./Config.ts"
+import * as Health from "./Health.ts"
 import * as Metrics from "./Metrics.ts"
 import { ProcessRegistry } from "./ProcessRegistry.ts"
 import { type Attempt, type ClaimedJob, Queue } from "./Queue.ts"
@@ -251,11 +252,47 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
   return Worker.of({ processId, status })
 })
 
-/** A worker with its Queue, from settings (what `dist/worker.js` runs). */
-export const layerFromSettings = <R>(registry: TaskRegistry<R>, settings: WorkerOptions) =>
-  Worker.layer(registry, settings).pipe(
+/** Worker options from the validated settings. */
+export const optionsFromSettings = (settings: PgqSettings): WorkerOptions => ({
+  schema: settings.schema,
+  queues: settings.queues,
+  concurrency: settings.concurrency,
+  leaseSeconds: settings.vtSeconds,
+  maxAttempts: settings.maxAttempts,
+  pollIntervalMs: settings.pollIntervalMs,
+  pollMaxMs: settings.pollMaxMs,
+  shutdownGraceSeconds: settings.shutdownGraceSeconds,
+  heartbeatSeconds: settings.heartbeatSeconds
+})
+
+/** A worker with its Queue and process registration, from settings. */
+export const layerFromSettings = <R>(registry: TaskRegistry<R>, settings: PgqSettings) =>
+  Worker.layer(registry, optionsFromSettings(settings)).pipe(
     Layer.provide(ProcessRegistry.layer(settings.schema)),
     Layer.provide(Queue.layer({ schema: settings.schema, maxAttempts: settings.maxAttempts }))
   )
 
-export type WorkerRequirements = SqlClient.SqlClient
+/**
+ * What `node dist/worker.js` runs: the worker, and /health + /metrics when PGQ_HEALTH_PORT is set,
+ * until interrupted.
+ */
+export const serve = <R>(registry: TaskRegistry<R>, settings: PgqSettings) =>
+  Effect.gen(function*() {
+    const worker = yield* Worker
+    yield* Option.match(settings.healthPort, {
+      onNone: () => Effect.void,
+      onSome: (port) =>
+        Layer.build(Health.layer(port, {
+          check: "pgq_worker_poll",
+          ageKey: "seconds_since_last_poll",
+          staleAfterSeconds: settings.healthStaleSeconds,
+          liveness: worker.status.pipe(
+            Effect.map((s) => ({
+              ageSeconds: s.secondsSinceLastPoll,
+              extra: { process_id: s.processId, in_flight: s.inFlight, processed: s.processed }
+            }))
+          )
+        })).pipe(Effect.flatMap((services) => Health.logAddress.pipe(Effect.provide(services))))
+    })
+    return yield* Effect.never
+  }).pipe(Effect.provide(layerFromSettings(registry, settings)), Effect.scoped)

@@ -128,8 +128,8 @@ layer(testDb("worker", { maxConnections: 12 }), { excludeTestServices: true })("
       )
       const dead = yield* deadLetters("policy")
       expect(dead.map((d) => [d.read_ct, d.last_error])).toEqual([
-        [1, "Fatal"],
-        [2, "Flaky"],
+        [1, 'Fatal: {"why":"fatal"}'],
+        [2, 'Flaky: {"attempt":2}'],
         [2, "defect: Error: kaboom"]
       ])
     }))
