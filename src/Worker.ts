@@ -22,6 +22,8 @@ export interface WorkerOptions {
   readonly pollMaxMs: number
   readonly shutdownGraceSeconds: number
   readonly heartbeatSeconds: number
+  /** A process silent this long is presumed dead; an idle worker prunes it and frees its claims. */
+  readonly processStaleSeconds: number
 }
 
 export interface WorkerStatus {
@@ -83,6 +85,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
   const running = new Map<string, Running>()
   const lastPollAt = yield* Ref.make(yield* Clock.currentTimeMillis)
   const lastMaintenanceAt = yield* Ref.make(0)
+  const lastPruneAt = yield* Ref.make(0)
   const processed = yield* Ref.make(0)
   const slotFreed = yield* Q.sliding<void>(1)
   const acks = yield* Q.unbounded<Attempt>()
@@ -151,14 +154,27 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
     yield* FiberSet.run(jobs, runJob(job))
   })
 
-  /** Re-arm expired claims and promote due jobs of our queues, at most once per poll interval. */
-  const maintain = Effect.gen(function*() {
-    const now = yield* Clock.currentTimeMillis
-    if (now - (yield* Ref.get(lastMaintenanceAt)) < Math.max(options.pollIntervalMs, 250)) return
-    yield* Ref.set(lastMaintenanceAt, now)
-    yield* queue.promoteDue(options.queues)
-    yield* queue.rearmExpired(options.queues)
-  })
+  /** Run `effect` when `every` ms have passed since it last ran (client clock: pacing only, not correctness). */
+  const paced = (last: Ref.Ref<number>, every: number, effect: Effect.Effect<unknown, unknown>) =>
+    Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      if (now - (yield* Ref.get(last)) < every) return
+      yield* Ref.set(last, now)
+      yield* effect
+    })
+
+  /**
+   * While idle, do the reaper's redelivery work for our own queues, so a dead reaper delays nothing:
+   * promote due jobs and re-arm expired claims every poll interval; prune dead processes (freeing
+   * their claims at once) every heartbeat.
+   */
+  const maintain = Effect.all([
+    paced(lastMaintenanceAt, Math.max(options.pollIntervalMs, 250), Effect.all([
+      queue.promoteDue(options.queues),
+      queue.rearmExpired(options.queues)
+    ])),
+    paced(lastPruneAt, options.heartbeatSeconds * 1000, processes.pruneStale(options.processStaleSeconds))
+  ], { discard: true })
 
   /** One poll: claim into the free slots and start the jobs. Returns how many it claimed (or 1 if full). */
   const poll = Effect.gen(function*() {
@@ -262,7 +278,8 @@ export const optionsFromSettings = (settings: PgqSettings): WorkerOptions => ({
   pollIntervalMs: settings.pollIntervalMs,
   pollMaxMs: settings.pollMaxMs,
   shutdownGraceSeconds: settings.shutdownGraceSeconds,
-  heartbeatSeconds: settings.heartbeatSeconds
+  heartbeatSeconds: settings.heartbeatSeconds,
+  processStaleSeconds: settings.processStaleSeconds
 })
 
 /** A worker with its Queue and process registration, from settings. */

@@ -20,6 +20,7 @@ const options = (schema: string, queue: string, overrides: Partial<WorkerOptions
   pollMaxMs: 50,
   shutdownGraceSeconds: 5,
   heartbeatSeconds: 1,
+  processStaleSeconds: 5,
   ...overrides
 })
 

@@ -1,0 +1,65 @@
+/**
+ * Spawning the real entrypoints (dist/*.js) from tests: scoped child processes that are killed when
+ * the test's scope closes, plus small helpers to await their exit and query their HTTP endpoints.
+ */
+import { Deferred, Effect, Schedule } from "effect"
+import { type ChildProcess, spawn } from "node:child_process"
+import { createServer } from "node:net"
+
+export interface Spawned {
+  readonly child: ChildProcess
+  readonly exit: Effect.Effect<{ readonly code: number | null; readonly signal: NodeJS.Signals | null }>
+  readonly output: () => string
+}
+
+const root = new URL("..", import.meta.url).pathname
+
+/** Run `node dist/<script>` with `env` on top of a minimal environment; SIGKILLed when the scope closes. */
+export const spawnNode = (script: string, env: Readonly<Record<string, string>>) =>
+  Effect.acquireRelease(
+    Effect.gen(function*() {
+      const exited = yield* Deferred.make<{ code: number | null; signal: NodeJS.Signals | null }>()
+      let output = ""
+      const child = spawn(process.execPath, [`dist/${script}`], {
+        cwd: root,
+        env: { PATH: process.env.PATH ?? "", PGQ_LOG_FORMAT: "json", ...env },
+        stdio: ["ignore", "pipe", "pipe"]
+      })
+      child.stdout?.on("data", (chunk: Buffer) => (output += chunk.toString()))
+      child.stderr?.on("data", (chunk: Buffer) => (output += chunk.toString()))
+      child.once("exit", (code, signal) => Deferred.doneUnsafe(exited, Effect.succeed({ code, signal })))
+      return { child, exit: Deferred.await(exited), output: () => output } satisfies Spawned
+    }),
+    ({ child, exit }) =>
+      child.exitCode === null && child.signalCode === null
+        ? Effect.sync(() => child.kill("SIGKILL")).pipe(Effect.andThen(exit))
+        : Effect.void
+  )
+
+export const freePort = Effect.callback<number>((resume) => {
+  const server = createServer()
+  server.listen(0, "127.0.0.1", () => {
+    const address = server.address()
+    const port = typeof address === "object" && address !== null ? address.port : 0
+    server.close(() => resume(Effect.succeed(port)))
+  })
+})
+
+export interface HttpReply {
+  readonly status: number
+  readonly body: string
+}
+
+export const httpGet = (url: string) =>
+  Effect.tryPromise(async (): Promise<HttpReply> => {
+    const response = await fetch(url)
+    return { status: response.status, body: await response.text() }
+  })
+
+/** Poll until `check` succeeds with a value satisfying `until` (the test's timeout bounds it). */
+export const eventually = <A, E, R>(check: Effect.Effect<A, E, R>, until: (a: A) => boolean) =>
+  check.pipe(
+    Effect.option,
+    Effect.repeat({ schedule: Schedule.spaced("50 millis"), until: (a) => a._tag === "Some" && until(a.value) }),
+    Effect.map((a) => (a._tag === "Some" ? a.value : undefined as never))
+  )
