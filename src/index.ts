@@ -1,0 +1,12 @@
+/** effect-pg-queue: what a host app imports. */
+export * as Config from "./Config.ts"
+export * as Database from "./Database.ts"
+export * from "./Errors.ts"
+export * as Health from "./Health.ts"
+export * as Json from "./Json.ts"
+export * as Metrics from "./Metrics.ts"
+export * as Migrations from "./Migrations.ts"
+export * as ProcessRegistry from "./ProcessRegistry.ts"
+export * as Queue from "./Queue.ts"
+export * as Task from "./Task.ts"
+export * as Worker from "./Worker.ts"
