@@ -4,7 +4,7 @@
  * (seconds-level rescue) instead of waiting for each job's lease to lapse.
  */
 import { Context, Duration, Effect, Layer, Schedule } from "effect"
-import { SqlClient } from "effect/sql"
+import { SqlClient, type Statement } from "effect/sql"
 import { randomBytes } from "node:crypto"
 import { hostname } from "node:os"
 
@@ -63,10 +63,11 @@ export const makeProcessRegistry = Effect.fnUntraced(function*(schema: string) {
   })
 
   /** Delete processes silent for `staleSeconds` and make the jobs they held ready again, in one statement. */
-  const pruneStale = Effect.fn("ProcessRegistry.pruneStale")(function*(staleSeconds: number) {
+  const pruneStale = Effect.fn("ProcessRegistry.pruneStale")(function*(staleSeconds: number, fence?: Statement.Fragment) {
     const [row] = yield* sql<{ pruned: number; released: number }>`
       WITH dead AS (
-        DELETE FROM ${table} WHERE heartbeat_at < now() - ${staleSeconds} * interval '1 second'
+        DELETE FROM ${table}
+        WHERE heartbeat_at < now() - ${staleSeconds} * interval '1 second' AND ${fence ?? sql`TRUE`}
         RETURNING process_id
       ), released AS (
         UPDATE ${message} SET state = 'ready', vt = NULL, claimed_by = NULL

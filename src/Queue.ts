@@ -7,7 +7,7 @@
  * so an attempt that lost its lease can never ack, extend or fail a newer attempt.
  */
 import { Context, Duration, Effect, Layer, Option } from "effect"
-import { SqlClient, type SqlError } from "effect/sql"
+import { SqlClient, type SqlError, type Statement } from "effect/sql"
 import { PayloadRejected } from "./Errors.ts"
 import { findUnstorable, hasNul } from "./Json.ts"
 import type { Task } from "./Task.ts"
@@ -72,6 +72,13 @@ export interface DeadLetter {
   readonly attempts: number
   readonly lastError: string
   readonly failedAt: Date
+}
+
+/** Limits of a maintenance statement: only these queues (default all), only while `fence` holds. */
+export interface MaintenanceScope {
+  readonly queues?: ReadonlyArray<string>
+  /** A leader fence (`LeaderTerm.fence`): the statement changes nothing once the term is lost. */
+  readonly fence?: Statement.Fragment
 }
 
 export interface QueueDefaults {
@@ -318,23 +325,27 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
     return rows.length
   })
 
-  const queueFilter = (queues: ReadonlyArray<string> | undefined) =>
-    queues === undefined ? sql`TRUE` : sql`queue = ANY(${queues}::text[])`
+  /** Which rows a maintenance statement may touch: some queues, and only while a leader fence holds. */
+  const scopeFilter = (scope: MaintenanceScope) =>
+    sql.and([
+      scope.queues === undefined ? sql`TRUE` : sql`queue = ANY(${scope.queues}::text[])`,
+      scope.fence ?? sql`TRUE`
+    ])
 
   /** Claims whose lease expired (their worker died or stalled) become ready again. */
-  const rearmExpired = Effect.fn("Queue.rearmExpired")(function*(queues?: ReadonlyArray<string>) {
+  const rearmExpired = Effect.fn("Queue.rearmExpired")(function*(scope: MaintenanceScope = {}) {
     const rows = yield* sql`
       UPDATE ${message} SET state = 'ready', vt = NULL, claimed_by = NULL
-      WHERE state = 'claimed' AND vt <= now() AND ${queueFilter(queues)}
+      WHERE state = 'claimed' AND vt <= now() AND ${scopeFilter(scope)}
       RETURNING msg_id`
     return rows.length
   })
 
   /** Delayed and backed-off jobs whose time has come become ready. */
-  const promoteDue = Effect.fn("Queue.promoteDue")(function*(queues?: ReadonlyArray<string>) {
+  const promoteDue = Effect.fn("Queue.promoteDue")(function*(scope: MaintenanceScope = {}) {
     const rows = yield* sql`
       UPDATE ${message} SET state = 'ready'
-      WHERE state = 'scheduled' AND visible_at <= now() AND ${queueFilter(queues)}
+      WHERE state = 'scheduled' AND visible_at <= now() AND ${scopeFilter(scope)}
       RETURNING msg_id`
     return rows.length
   })
@@ -417,9 +428,10 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
   })
 
   /** Dead letters older than the retention window are deleted. */
-  const sweepDeadLetters = Effect.fn("Queue.sweepDeadLetters")(function*(retentionSeconds: number) {
+  const sweepDeadLetters = Effect.fn("Queue.sweepDeadLetters")(function*(retentionSeconds: number, fence?: Statement.Fragment) {
     const rows = yield* sql`
-      DELETE FROM ${deadLetterTable} WHERE failed_at < now() - ${retentionSeconds} * interval '1 second'
+      DELETE FROM ${deadLetterTable}
+      WHERE failed_at < now() - ${retentionSeconds} * interval '1 second' AND ${fence ?? sql`TRUE`}
       RETURNING msg_id`
     return rows.length
   })

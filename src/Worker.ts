@@ -170,8 +170,8 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
    */
   const maintain = Effect.all([
     paced(lastMaintenanceAt, Math.max(options.pollIntervalMs, 250), Effect.all([
-      queue.promoteDue(options.queues),
-      queue.rearmExpired(options.queues)
+      queue.promoteDue({ queues: options.queues }),
+      queue.rearmExpired({ queues: options.queues })
     ])),
     paced(lastPruneAt, options.heartbeatSeconds * 1000, processes.pruneStale(options.processStaleSeconds))
   ], { discard: true })

@@ -178,7 +178,7 @@ layer(testDb("worker", { maxConnections: 12 }), { excludeTestServices: true })("
           const later = yield* eventually(rows(`msg_id = ${id}`), (r) => r[0]!.vt!.getTime() >= claimed!.vt!.getTime() + 2500)
           expect(later[0]!.state).toBe("claimed")
           expect(later[0]!.read_ct).toBe(1)
-          expect(yield* q.rearmExpired(["long"])).toBe(0)
+          expect(yield* q.rearmExpired({ queues: ["long"] })).toBe(0)
           expect(yield* q.claim({ queues: ["long"], limit: 1, leaseSeconds: 30, processId: "thief" })).toEqual([])
           yield* Deferred.succeed(finish, undefined)
           yield* eventually(rows(`msg_id = ${id}`), (r) => r.length === 0)
