@@ -5,7 +5,7 @@
  */
 import { NodeHttpServer } from "@effect/platform-node"
 import { Effect, Layer } from "effect"
-import { HttpRouter, HttpServer, HttpServerResponse } from "effect/http"
+import { HttpRouter, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
 import { createServer } from "node:http"
 
@@ -66,8 +66,3 @@ export const layer = (port: number, check: HealthCheck, host = "0.0.0.0") =>
   HttpRouter.serve(routes(check), { disableLogger: true }).pipe(
     Layer.provideMerge(NodeHttpServer.layer(createServer, { port, host, gracefulShutdownTimeout: "1 second" }))
   )
-
-/** Log where the server listens (after the layer is built). */
-export const logAddress = HttpServer.HttpServer.use((server) =>
-  Effect.logInfo(`health and metrics on ${HttpServer.formatAddress(server.address)}`)
-)

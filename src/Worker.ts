@@ -309,7 +309,7 @@ export const serve = <R>(registry: TaskRegistry<R>, settings: PgqSettings) =>
               extra: { process_id: s.processId, in_flight: s.inFlight, processed: s.processed }
             }))
           )
-        })).pipe(Effect.flatMap((services) => Health.logAddress.pipe(Effect.provide(services))))
+        }))
     })
     return yield* Effect.never
   }).pipe(Effect.provide(layerFromSettings(registry, settings)), Effect.scoped)
