@@ -1,0 +1,120 @@
+import { expect, layer } from "@effect/vitest"
+import { Effect, Layer, Option } from "effect"
+import { SqlClient } from "effect/sql"
+import { makeLeaderLease } from "../src/LeaderLease.ts"
+import { ProcessRegistry } from "../src/ProcessRegistry.ts"
+import { Queue } from "../src/Queue.ts"
+import { makeTick, type ReaperOptions } from "../src/Reaper.ts"
+import { TestSchema, testDb } from "./support.ts"
+
+const options = (schema: string): ReaperOptions => ({
+  schema,
+  maxAttempts: 5,
+  leaseName: "reaper-test",
+  leaseSeconds: 10,
+  intervalSeconds: 1,
+  processStaleSeconds: 10,
+  heartbeatSeconds: 1,
+  deadLetterRetentionSeconds: 3600,
+  sweepEverySeconds: 0
+})
+
+/** One expired claim, one due scheduled job, one dead process holding a fresh claim, one old dead letter. */
+const strandWork = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const { schema } = yield* TestSchema
+  const q = yield* Queue
+  const t = (name: string) => sql(`${schema}.${name}`)
+  yield* sql`DELETE FROM ${t("message")}`
+  yield* sql`DELETE FROM ${t("dead_letter")}`
+  yield* sql`DELETE FROM ${t("process")}`
+  yield* q.enqueueMany([0, 1, 2].map((i) => ({ task: "t", payload: { i }, options: { queue: "reap" } })))
+  const [expired, , ofDead] = yield* q.claim({ queues: ["reap"], limit: 3, leaseSeconds: 30, processId: "live" })
+  yield* sql`UPDATE ${t("message")} SET vt = now() - interval '1 second' WHERE msg_id = ${expired!.msgId}::bigint`
+  yield* sql`UPDATE ${t("message")} SET claimed_by = 'dead-process' WHERE msg_id = ${ofDead!.msgId}::bigint`
+  yield* sql`INSERT INTO ${t("process")} (process_id, kind, host, pid, heartbeat_at)
+             VALUES ('dead-process', 'worker', 'h', 1, now() - interval '1 minute'),
+                    ('live', 'worker', 'h', 2, now())`
+  yield* q.enqueue("t", {}, { queue: "reap", delay: 60_000 })
+  yield* sql`UPDATE ${t("message")} SET visible_at = now() - interval '1 second' WHERE state = 'scheduled'`
+  const poison = yield* q.enqueue("t", {}, { queue: "reap-dead" })
+  const [claimed] = yield* q.claim({ queues: ["reap-dead"], limit: 1, leaseSeconds: 30, processId: "live" })
+  yield* q.deadLetter(claimed!, "old failure")
+  yield* sql`UPDATE ${t("dead_letter")} SET failed_at = now() - interval '2 hours' WHERE msg_id = ${poison}::bigint`
+})
+
+const snapshot = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const { schema } = yield* TestSchema
+  const messages = yield* sql`SELECT msg_id, state, claimed_by FROM ${sql(`${schema}.message`)} ORDER BY msg_id`
+  const processes = yield* sql`SELECT process_id FROM ${sql(`${schema}.process`)} ORDER BY process_id`
+  const dead = yield* sql`SELECT msg_id FROM ${sql(`${schema}.dead_letter`)} ORDER BY msg_id`
+  return { messages, processes, dead }
+})
+
+/** Win the test lease for `holder`, first freeing it from whoever a previous test left there. */
+const termFor = (schema: string, holder: string, free = true) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    if (free) yield* sql`UPDATE ${sql(`${schema}.lease`)} SET holder = '', expires_at = now() WHERE name = 'reaper-test'`
+    const lease = yield* makeLeaderLease({ schema })
+    const term = yield* lease.tryAcquire("reaper-test", holder, 10)
+    expect(Option.isSome(term)).toBe(true)
+    const value = Option.getOrThrow(term)
+    return { name: "reaper-test", holder, term: value, fence: lease.fence("reaper-test", holder, value) }
+  })
+
+const providers = Layer.unwrap(
+  TestSchema.use(({ schema }) => Effect.succeed(ProcessRegistry.layer(schema)))
+)
+
+layer(providers.pipe(Layer.provideMerge(testDb("reaper"))), { excludeTestServices: true })("Reaper tick", (it) => {
+  it.effect("the leader re-arms, promotes, prunes dead processes (freeing their claims) and sweeps", () =>
+    Effect.gen(function*() {
+      const { schema } = yield* TestSchema
+      yield* strandWork
+      const tick = yield* makeTick(options(schema))
+      const term = yield* termFor(schema, "leader-a")
+      const outcome = yield* tick(term)
+      expect(outcome).toMatchObject({ rearmed: 1, promoted: 1, pruned: 1, released: 1, swept: 1, failures: [] })
+      const after = yield* snapshot
+      expect(after.messages.filter((m) => m.state === "ready")).toHaveLength(3)
+      expect(after.processes.map((p) => p.process_id)).toEqual(["live"])
+      expect(after.dead).toEqual([])
+      // Nothing left to do: a second tick is a no-op.
+      expect(yield* tick(term)).toMatchObject({ rearmed: 0, promoted: 0, pruned: 0, released: 0, swept: 0 })
+    }))
+
+  it.effect("an ex-leader's fenced tick changes nothing after a takeover", () =>
+    Effect.gen(function*() {
+      const { schema } = yield* TestSchema
+      const sql = yield* SqlClient.SqlClient
+      const stale = yield* termFor(schema, "paused-leader")
+      // The paused leader's lease runs out and a standby takes over.
+      yield* sql`UPDATE ${sql(`${schema}.lease`)} SET expires_at = now() - interval '1 second' WHERE name = 'reaper-test'`
+      const fresh = yield* termFor(schema, "standby", false)
+      expect(fresh.term).toBe(stale.term + 1)
+      yield* strandWork
+      const before = yield* snapshot
+      const tick = yield* makeTick(options(schema))
+      const outcome = yield* tick(stale)
+      expect(outcome).toMatchObject({ rearmed: 0, promoted: 0, pruned: 0, released: 0, swept: 0, failures: [] })
+      expect(yield* snapshot).toEqual(before)
+      // The real leader's tick does the work.
+      expect(yield* tick(fresh)).toMatchObject({ rearmed: 1, promoted: 1, pruned: 1, released: 1, swept: 1 })
+    }))
+
+  it.effect("one failing job does not stop the others", () =>
+    Effect.gen(function*() {
+      const { schema } = yield* TestSchema
+      const sql = yield* SqlClient.SqlClient
+      yield* strandWork
+      const tick = yield* makeTick(options(schema))
+      yield* sql.unsafe(`ALTER TABLE "${schema}".process RENAME TO process_gone`)
+      const outcome = yield* tick(yield* termFor(schema, "leader-b")).pipe(
+        Effect.ensuring(sql.unsafe(`ALTER TABLE "${schema}".process_gone RENAME TO process`).pipe(Effect.orDie))
+      )
+      expect(outcome.failures).toEqual(["prune stale processes"])
+      expect(outcome).toMatchObject({ rearmed: 1, promoted: 1, pruned: 0, released: 0, swept: 1 })
+    }))
+})
