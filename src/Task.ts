@@ -3,6 +3,7 @@
  * both to enqueue (encode) and to run (decode, execute, classify the outcome).
  */
 import { Cause, Effect, Exit, Option, Schema } from "effect"
+import type { SqlClient } from "effect/sql"
 import { resolve } from "node:path"
 import { pathToFileURL } from "node:url"
 import { InvalidConfig } from "./Errors.ts"
@@ -138,9 +139,9 @@ export const isRegistry = (value: unknown): value is TaskRegistry<unknown> =>
 
 /**
  * Load the registry exported (as `default` or `tasks`) by the module `PGQ_TASKS` names; a path is
- * resolved against the working directory.
+ * resolved against the working directory. Its handlers may use the worker's `SqlClient`.
  */
-export const loadRegistry = (specifier: string): Effect.Effect<TaskRegistry<never>, InvalidConfig> =>
+export const loadRegistry = (specifier: string): Effect.Effect<TaskRegistry<SqlClient.SqlClient>, InvalidConfig> =>
   Effect.tryPromise({
     try: () => import(/^\.{0,2}\//.test(specifier) ? pathToFileURL(resolve(specifier)).href : specifier),
     catch: (error) => new InvalidConfig({ variable: "PGQ_TASKS", reason: `cannot import ${specifier}: ${String(error)}` })
@@ -156,6 +157,7 @@ export const loadRegistry = (specifier: string): Effect.Effect<TaskRegistry<neve
       if (candidate.tasks.size === 0) {
         return Effect.fail(new InvalidConfig({ variable: "PGQ_TASKS", reason: `${specifier} registers no task` }))
       }
-      return Effect.succeed(candidate as TaskRegistry<never>)
+      // Handlers run inside the worker, which provides its SqlClient to them.
+      return Effect.succeed(candidate as TaskRegistry<SqlClient.SqlClient>)
     })
   )
