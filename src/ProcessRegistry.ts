@@ -5,16 +5,8 @@
  */
 import { Context, Duration, Effect, Layer, Schedule } from "effect"
 import { SqlClient, type Statement } from "effect/sql"
-import { randomBytes } from "node:crypto"
 import { hostname } from "node:os"
-
-let memoisedId: string | undefined
-
-/** `host:pid:random`, stable for the life of this process (each fork computes its own). */
-export const processIdentity = (): string => {
-  memoisedId ??= `${hostname()}:${process.pid}:${randomBytes(4).toString("hex")}`
-  return memoisedId
-}
+import { workerId } from "./LeaderLease.ts"
 
 export interface Registration {
   readonly kind: "worker" | "reaper" | "supervisor"
@@ -49,7 +41,7 @@ export const makeProcessRegistry = Effect.fnUntraced(function*(schema: string) {
 
   /** Register for the life of the enclosing scope, heartbeating in the background. */
   const register = Effect.fnUntraced(function*(registration: Registration) {
-    const processId = registration.processId ?? processIdentity()
+    const processId = registration.processId ?? workerId()
     yield* Effect.acquireRelease(upsert(processId, registration), () =>
       sql`DELETE FROM ${table} WHERE process_id = ${processId}`.pipe(Effect.ignore))
     const every = Duration.millis(registration.every * 1000)

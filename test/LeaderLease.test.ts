@@ -8,7 +8,7 @@ import { Cause, Effect, Exit, Option } from "effect"
 import { SqlClient } from "effect/sql"
 import { randomInt } from "node:crypto"
 import { makeLeaderLease, workerId } from "../src/LeaderLease.ts"
-import { testDb, TestSchema } from "./support.ts"
+import { ageLease, testDb, TestSchema } from "./support.ts"
 
 const LEASE = 10
 
@@ -17,11 +17,7 @@ const setup = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const leases = yield* makeLeaderLease({ schema })
   const table = sql(`${schema}.lease`)
-  /** Pretend `seconds` passed on the server clock for this lease. */
-  const age = (name: string, seconds: number) =>
-    sql`UPDATE ${table} SET expires_at = expires_at - ${seconds}::float8 * interval '1 second',
-                           acquired_at = acquired_at - ${seconds}::float8 * interval '1 second'
-        WHERE name = ${name}`
+  const age = (name: string, seconds: number) => ageLease(schema, name, seconds).pipe(Effect.provideService(SqlClient.SqlClient, sql))
   /** The raw row, timestamps as text, to prove a refused operation changed nothing. */
   const snapshot = (name: string) =>
     sql<{ holder: string; term: string; acquired_at: string; expires_at: string }>`

@@ -9,7 +9,7 @@ import { SqlClient } from "effect/sql"
 import { TestClock } from "effect/testing"
 import { makeLeaderLease } from "../src/LeaderLease.ts"
 import { LeaderTerm, Leadership, type LeadershipOptions, type LeadershipState } from "../src/Leadership.ts"
-import { testDb, TestSchema } from "./support.ts"
+import { ageLease, testDb, TestSchema } from "./support.ts"
 
 const LEASE = 10
 const RENEW = "2 seconds"
@@ -20,10 +20,7 @@ const setup = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const leases = yield* makeLeaderLease({ schema })
   const table = sql(`${schema}.lease`)
-  const age = (name: string, seconds: number) =>
-    sql`UPDATE ${table} SET expires_at = expires_at - ${seconds}::float8 * interval '1 second',
-                           acquired_at = acquired_at - ${seconds}::float8 * interval '1 second'
-        WHERE name = ${name}`
+  const age = (name: string, seconds: number) => ageLease(schema, name, seconds).pipe(Effect.provideService(SqlClient.SqlClient, sql))
   const row = (name: string) => leases.current(name).pipe(Effect.map(Option.getOrThrow))
 
   /** Build a Leadership layer in a scope of its own, so the test decides when it "shuts down". */

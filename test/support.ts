@@ -53,3 +53,12 @@ export const testDb = (prefix: string, options: TestDbOptions = {}) => {
   )
   return queue.pipe(Layer.provideMerge(schema))
 }
+
+/** Pretend `seconds` passed on the server clock for a lease row: the server clock cannot move, the data can. */
+export const ageLease = (schema: string, name: string, seconds: number) =>
+  SqlClient.SqlClient.use((sql) =>
+    sql`UPDATE ${sql(`${schema}.lease`)}
+        SET expires_at = expires_at - ${seconds}::float8 * interval '1 second',
+            acquired_at = acquired_at - ${seconds}::float8 * interval '1 second'
+        WHERE name = ${name}`
+  )
