@@ -14,13 +14,17 @@ export interface Spawned {
 
 const root = new URL("..", import.meta.url).pathname
 
-/** Run `node dist/<script>` with `env` on top of a minimal environment; SIGKILLed when the scope closes. */
-export const spawnNode = (script: string, env: Readonly<Record<string, string>>) =>
+/** Run `node dist/<script> args…` with `env` on top of a minimal environment; SIGKILLed when the scope closes. */
+export const spawnNode = (
+  script: string,
+  env: Readonly<Record<string, string>>,
+  args: ReadonlyArray<string> = []
+) =>
   Effect.acquireRelease(
     Effect.gen(function*() {
       const exited = yield* Deferred.make<{ code: number | null; signal: NodeJS.Signals | null }>()
       let output = ""
-      const child = spawn(process.execPath, [`dist/${script}`], {
+      const child = spawn(process.execPath, [`dist/${script}`, ...args], {
         cwd: root,
         env: { PATH: process.env.PATH ?? "", PGQ_LOG_FORMAT: "json", ...env },
         stdio: ["ignore", "pipe", "pipe"]
