@@ -5,19 +5,14 @@
  */
 import { assert, describe, expect, layer } from "@effect/vitest"
 import { Cause, Effect, Exit, Option } from "effect"
-import { SqlClient } from "effect/sql"
 import { randomInt } from "node:crypto"
-import { makeLeaderLease, workerId } from "../src/LeaderLease.ts"
-import { ageLease, testDb, TestSchema } from "./support.ts"
+import { workerId } from "../src/LeaderLease.ts"
+import { leaseFixture, testDb } from "./support.ts"
 
 const LEASE = 10
 
 const setup = Effect.gen(function*() {
-  const { schema } = yield* TestSchema
-  const sql = yield* SqlClient.SqlClient
-  const leases = yield* makeLeaderLease({ schema })
-  const table = sql(`${schema}.lease`)
-  const age = (name: string, seconds: number) => ageLease(schema, name, seconds).pipe(Effect.provideService(SqlClient.SqlClient, sql))
+  const { schema, sql, leases, table, age } = yield* leaseFixture
   /** The raw row, timestamps as text, to prove a refused operation changed nothing. */
   const snapshot = (name: string) =>
     sql<{ holder: string; term: string; acquired_at: string; expires_at: string }>`

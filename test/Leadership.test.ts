@@ -5,22 +5,16 @@
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Context, Deferred, Effect, Exit, Layer, Option, Ref, Scope, Stream } from "effect"
-import { SqlClient } from "effect/sql"
 import { TestClock } from "effect/testing"
-import { makeLeaderLease } from "../src/LeaderLease.ts"
 import { LeaderTerm, Leadership, type LeadershipOptions, type LeadershipState } from "../src/Leadership.ts"
-import { ageLease, testDb, TestSchema } from "./support.ts"
+import { leaseFixture, testDb } from "./support.ts"
 
 const LEASE = 10
 const RENEW = "2 seconds"
 const CAMPAIGN = "1 second"
 
 const setup = Effect.gen(function*() {
-  const { schema } = yield* TestSchema
-  const sql = yield* SqlClient.SqlClient
-  const leases = yield* makeLeaderLease({ schema })
-  const table = sql(`${schema}.lease`)
-  const age = (name: string, seconds: number) => ageLease(schema, name, seconds).pipe(Effect.provideService(SqlClient.SqlClient, sql))
+  const { schema, sql, leases, table, age } = yield* leaseFixture
   const row = (name: string) => leases.current(name).pipe(Effect.map(Option.getOrThrow))
 
   /** Build a Leadership layer in a scope of its own, so the test decides when it "shuts down". */

@@ -6,6 +6,7 @@ import { inject } from "@effect/vitest"
 import { Context, Effect, Layer, Redacted } from "effect"
 import { SqlClient } from "effect/sql"
 import * as Database from "../src/Database.ts"
+import { makeLeaderLease } from "../src/LeaderLease.ts"
 import { migrate } from "../src/Migrations.ts"
 import { Queue } from "../src/Queue.ts"
 
@@ -54,11 +55,19 @@ export const testDb = (prefix: string, options: TestDbOptions = {}) => {
   return queue.pipe(Layer.provideMerge(schema))
 }
 
-/** Pretend `seconds` passed on the server clock for a lease row: the server clock cannot move, the data can. */
-export const ageLease = (schema: string, name: string, seconds: number) =>
-  SqlClient.SqlClient.use((sql) =>
-    sql`UPDATE ${sql(`${schema}.lease`)}
+/**
+ * The lease SQL on this file's schema, its table, and `age`: pretend `seconds` passed on the server clock for
+ * a lease row (the server clock cannot move, the data can).
+ */
+export const leaseFixture = Effect.gen(function*() {
+  const { schema } = yield* TestSchema
+  const sql = yield* SqlClient.SqlClient
+  const leases = yield* makeLeaderLease({ schema })
+  const table = sql(`${schema}.lease`)
+  const age = (name: string, seconds: number) =>
+    sql`UPDATE ${table}
         SET expires_at = expires_at - ${seconds}::float8 * interval '1 second',
             acquired_at = acquired_at - ${seconds}::float8 * interval '1 second'
         WHERE name = ${name}`
-  )
+  return { schema, sql, leases, table, age }
+})
