@@ -84,6 +84,11 @@ export interface MaintenanceScope {
 export interface QueueDefaults {
   readonly schema: string
   readonly maxAttempts: number
+  /**
+   * Let claims, lease renewals, acks and releases commit without waiting for the WAL flush (default
+   * true). See `relaxedCommit` in `makeQueue`.
+   */
+  readonly asyncCommit?: boolean
 }
 
 const isIntIn = (value: number, min: number, max: number) => Number.isInteger(value) && value >= min && value <= max
@@ -174,6 +179,21 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
   const message = sql(`${defaults.schema}.message`)
   const deadLetterTable = sql(`${defaults.schema}.dead_letter`)
 
+  /**
+   * A column that makes the statement's own transaction commit asynchronously, when it runs on its own
+   * (never inside a host transaction, whose durability is the host's call). Claims, renewals, acks and
+   * releases are safe to lose: a server crash can undo at most the last ~0.6 s of them (3 × wal_writer_delay),
+   * which redelivers those jobs, as any crash may; no job is lost. It roughly halves their latency.
+   * Enqueues, failures and dead-letters always commit durably.
+   */
+  const relaxedCommit = Effect.serviceOption(sql.transactionService).pipe(
+    Effect.map((tx) =>
+      defaults.asyncCommit !== false && Option.isNone(tx)
+        ? sql.literal(", set_config('synchronous_commit', 'off', true) AS relaxed")
+        : sql.literal("")
+    )
+  )
+
   const insertRows = (rows: ReadonlyArray<StoredJob>) =>
     sql<{ msg_id: string }>`
       INSERT INTO ${message} (queue, task, payload, org_id, priority, state, visible_at, max_attempts, execution_id, batch_index)
@@ -213,7 +233,12 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
     })
   })
 
-  /** Claim up to `limit` ready jobs: one statement, CTE join form (never over-claims). */
+  /**
+   * Claim up to `limit` ready jobs: one statement, CTE join form (never over-claims). Each queue is read
+   * through its own ordered, LIMITed walk of the claim index (the LATERAL join), so the cost of a claim
+   * does not grow with the backlog and the plan does not depend on fresh statistics; `queue = ANY(...)`
+   * would sort every ready row of the queues on each claim.
+   */
   const claim = Effect.fn("Queue.claim")(function*(options: {
     readonly queues: ReadonlyArray<string>
     readonly limit: number
@@ -221,13 +246,19 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
     readonly processId: string
   }) {
     if (options.limit <= 0 || options.queues.length === 0) return []
+    const relaxed = yield* relaxedCommit
     const rows = yield* sql<ClaimRow>`
       WITH locked AS (
-        SELECT msg_id FROM ${message}
-        WHERE queue = ANY(${options.queues}::text[]) AND state = 'ready'
-        ORDER BY priority DESC, msg_id
+        SELECT c.msg_id FROM unnest(${[...new Set(options.queues)]}::text[]) AS q(name)
+        CROSS JOIN LATERAL (
+          SELECT msg_id, priority FROM ${message}
+          WHERE queue = q.name AND state = 'ready'
+          ORDER BY priority DESC, msg_id
+          LIMIT ${options.limit}
+          FOR UPDATE SKIP LOCKED
+        ) AS c
+        ORDER BY c.priority DESC, c.msg_id
         LIMIT ${options.limit}
-        FOR UPDATE SKIP LOCKED
       ), claimed AS (
         UPDATE ${message} AS m
         SET state = 'claimed', vt = now() + ${options.leaseSeconds} * interval '1 second',
@@ -237,7 +268,7 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
                   m.enqueued_at, m.execution_id, m.batch_index
       )
       SELECT msg_id::text AS msg_id, queue, task, payload, org_id, priority, read_ct, max_attempts,
-             enqueued_at, execution_id, batch_index
+             enqueued_at, execution_id, batch_index ${relaxed}
       FROM claimed ORDER BY priority DESC, claimed.msg_id`
     return rows.map(toClaimed)
   })
@@ -247,10 +278,13 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
     if (attempts.length === 0) return new Set<string>()
     const { ids, readCts } = fenceIds(attempts)
     const rows = yield* sql<{ msg_id: string }>`
-      UPDATE ${message} AS m SET vt = now() + ${leaseSeconds} * interval '1 second'
-      FROM unnest(${ids}::bigint[], ${readCts}::int[]) AS a(msg_id, read_ct)
-      WHERE m.msg_id = a.msg_id AND m.read_ct = a.read_ct AND m.state = 'claimed'
-      RETURNING m.msg_id::text AS msg_id`
+      WITH extended AS (
+        UPDATE ${message} AS m SET vt = now() + ${leaseSeconds} * interval '1 second'
+        FROM unnest(${ids}::bigint[], ${readCts}::int[]) AS a(msg_id, read_ct)
+        WHERE m.msg_id = a.msg_id AND m.read_ct = a.read_ct AND m.state = 'claimed'
+        RETURNING m.msg_id
+      )
+      SELECT msg_id::text AS msg_id ${yield* relaxedCommit} FROM extended`
     return new Set(rows.map((r) => r.msg_id))
   })
 
@@ -259,10 +293,13 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
     if (attempts.length === 0) return new Set<string>()
     const { ids, readCts } = fenceIds(attempts)
     const rows = yield* sql<{ msg_id: string }>`
-      DELETE FROM ${message} AS m
-      USING unnest(${ids}::bigint[], ${readCts}::int[]) AS a(msg_id, read_ct)
-      WHERE m.msg_id = a.msg_id AND m.read_ct = a.read_ct AND m.state = 'claimed'
-      RETURNING m.msg_id::text AS msg_id`
+      WITH acked AS (
+        DELETE FROM ${message} AS m
+        USING unnest(${ids}::bigint[], ${readCts}::int[]) AS a(msg_id, read_ct)
+        WHERE m.msg_id = a.msg_id AND m.read_ct = a.read_ct AND m.state = 'claimed'
+        RETURNING m.msg_id
+      )
+      SELECT msg_id::text AS msg_id ${yield* relaxedCommit} FROM acked`
     return new Set(rows.map((r) => r.msg_id))
   })
 
@@ -317,11 +354,14 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
     if (attempts.length === 0) return 0
     const { ids, readCts } = fenceIds(attempts)
     const rows = yield* sql<{ msg_id: string }>`
-      UPDATE ${message} AS m
-      SET state = 'ready', vt = NULL, claimed_by = NULL, visible_at = now(), max_attempts = m.max_attempts + 1
-      FROM unnest(${ids}::bigint[], ${readCts}::int[]) AS a(msg_id, read_ct)
-      WHERE m.msg_id = a.msg_id AND m.read_ct = a.read_ct AND m.state = 'claimed'
-      RETURNING m.msg_id`
+      WITH released AS (
+        UPDATE ${message} AS m
+        SET state = 'ready', vt = NULL, claimed_by = NULL, visible_at = now(), max_attempts = m.max_attempts + 1
+        FROM unnest(${ids}::bigint[], ${readCts}::int[]) AS a(msg_id, read_ct)
+        WHERE m.msg_id = a.msg_id AND m.read_ct = a.read_ct AND m.state = 'claimed'
+        RETURNING m.msg_id
+      )
+      SELECT msg_id::text AS msg_id ${yield* relaxedCommit} FROM released`
     return rows.length
   })
 

@@ -55,6 +55,42 @@ const queueSuite = (label: string, pgbouncer: boolean) =>
         expect(jobs.map((j) => j.attempt)).toEqual([1, 1, 1, 1])
       }))
 
+    it.effect("a claim over several queues takes the best jobs of all of them, each once", () =>
+      Effect.gen(function*() {
+        const q = yield* Queue
+        const a1 = yield* q.enqueue("t", 1, { queue: "multi-a", priority: 3 })
+        const b1 = yield* q.enqueue("t", 2, { queue: "multi-b", priority: 9 })
+        const a2 = yield* q.enqueue("t", 3, { queue: "multi-a", priority: 9 })
+        const b2 = yield* q.enqueue("t", 4, { queue: "multi-b", priority: 1 })
+        const first = yield* Queue.use((q) =>
+          q.claim({ queues: ["multi-a", "multi-b", "multi-a"], limit: 3, leaseSeconds: 30, processId: "p" })
+        )
+        expect(first.map((j) => j.msgId)).toEqual([b1, a2, a1])
+        const rest = yield* Queue.use((q) =>
+          q.claim({ queues: ["multi-b", "multi-a"], limit: 10, leaseSeconds: 30, processId: "p" })
+        )
+        expect(rest.map((j) => j.msgId)).toEqual([b2])
+      }))
+
+    it.effect("claims and acks commit asynchronously on their own, never inside a host transaction", () =>
+      Effect.gen(function*() {
+        const q = yield* Queue
+        const sql = yield* SqlClient.SqlClient
+        const commitMode = sql<{ mode: string }>`SELECT current_setting('synchronous_commit') AS mode`.pipe(
+          Effect.map((rows) => rows[0]!.mode)
+        )
+        yield* q.enqueueMany([1, 2].map((i) => ({ task: "t", payload: i, options: { queue: "commit" } })))
+        const inHost = yield* sql.withTransaction(
+          Effect.all([claim("commit", 1), commitMode])
+        )
+        expect(inHost[0].length).toBe(1)
+        expect(inHost[1]).toBe("on")
+        // On its own the setting is local to the claim's own transaction: the session keeps its default.
+        const [job] = yield* claim("commit", 1)
+        expect(yield* q.ack({ msgId: job!.msgId, attempt: job!.attempt })).toBe(true)
+        expect(yield* commitMode).toBe("on")
+      }))
+
     it.effect("a delayed job is invisible until due, then promoted", () =>
       Effect.gen(function*() {
         const q = yield* Queue
