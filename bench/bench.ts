@@ -19,7 +19,7 @@
  * runs per scenario; BENCH_DRAIN=1x10,2x10,1x50 picks the drain fleets; BENCH_LATENCY=100/2000,20/100 the poll
  * settings of the latency runs (interval/max ms); BENCH_WORKER_ENV=K=V,K=V adds worker env.
  */
-import { NodeRuntime } from "@effect/platform-node"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Console, Deferred, Duration, Effect, Exit, Layer, Redacted, Schedule } from "effect"
 import { SqlClient } from "effect/sql"
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"

@@ -14,6 +14,8 @@ export interface PgqSettings {
   readonly queues: ReadonlyArray<string>
   readonly tasks: Option.Option<string>
   readonly concurrency: number
+  /** Jobs claimed ahead of free slots, held locally (leases renewed) so the next claim overlaps running jobs. */
+  readonly prefetch: number
   readonly processes: number
   readonly vtSeconds: number
   readonly maxAttempts: number
@@ -52,6 +54,7 @@ const decodeVar = <A>(variable: string, expected: string, codec: Schema.Codec<A,
 const IntFromString = Schema.NumberFromString.check(Schema.isInt())
 const PositiveInt = IntFromString.check(Schema.isGreaterThan(0))
 const PositiveNumber = Schema.NumberFromString.check(Schema.isFinite(), Schema.isGreaterThan(0))
+const NonNegativeInt = IntFromString.check(Schema.isGreaterThanOrEqualTo(0))
 const PortNumber = IntFromString.check(Schema.isBetween({ minimum: 0, maximum: 65535 }))
 const Identifier = Schema.String.check(Schema.isPattern(/^[a-z_][a-z0-9_]{0,62}$/))
 const QueueName = /^[A-Za-z0-9_.:-]{1,128}$/
@@ -108,6 +111,7 @@ export const parseSettings = Effect.fnUntraced(function*(env: Env) {
     queues: yield* withDefault(env, "PGQ_QUEUES", ["default"], queueList("PGQ_QUEUES")),
     tasks: raw(env, "PGQ_TASKS"),
     concurrency: yield* positiveInt(env, "PGQ_CONCURRENCY", 10),
+    prefetch: yield* withDefault(env, "PGQ_PREFETCH", 0, decodeVar("PGQ_PREFETCH", "an integer >= 0", NonNegativeInt)),
     processes: yield* positiveInt(env, "PGQ_PROCESSES", 1),
     vtSeconds,
     maxAttempts: yield* positiveInt(env, "PGQ_MAX_ATTEMPTS", 5),

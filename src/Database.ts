@@ -2,7 +2,7 @@
  * The PgClient layer (DATABASE_URL, prepared-statement switch), the start-up probe, and the embedded
  * development database behind `npm start`.
  */
-import { PgClient } from "@effect/sql-pg"
+import * as PgClient from "@effect/sql-pg/PgClient"
 import { Duration, Effect, Layer, Redacted } from "effect"
 import { SqlClient } from "effect/sql"
 import { chmodSync, existsSync, mkdirSync, rmSync } from "node:fs"

@@ -3,7 +3,7 @@
  * heartbeat is fresh and 503 when it is stale (freshness only, never database reachability, so a brief
  * outage does not make an orchestrator restart a healthy process); /metrics is Prometheus text.
  */
-import { NodeHttpServer } from "@effect/platform-node"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Effect, Layer } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"

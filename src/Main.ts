@@ -2,7 +2,7 @@
  * What every entrypoint shares: the logger chosen by PGQ_LOG_FORMAT, the database from DATABASE_URL,
  * and a runMain whose exit code is 0 after a clean, signal-driven shutdown.
  */
-import { NodeRuntime } from "@effect/platform-node"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Cause, Effect, Exit, Layer, Logger, Option, type Redacted, Runtime } from "effect"
 import type { PgqSettings } from "./Config.ts"
 import * as Database from "./Database.ts"

@@ -16,6 +16,7 @@ describe("Config", () => {
       pgbouncer: false,
       queues: ["default"],
       concurrency: 10,
+      prefetch: 0,
       processes: 1,
       vtSeconds: 30,
       maxAttempts: 5,
@@ -40,6 +41,7 @@ describe("Config", () => {
       PGQ_PGBOUNCER: "TRUE",
       PGQ_HEALTH_PORT: "8080",
       PGQ_CONCURRENCY: "",
+      PGQ_PREFETCH: "20",
       PGQ_REAPER_INTERVAL_SECONDS: "2.5",
       PGQ_LOG_FORMAT: "pretty"
     })
@@ -49,12 +51,14 @@ describe("Config", () => {
     expect(result.success.pgbouncer).toBe(true)
     expect(result.success.healthPort).toEqual(Option.some(8080))
     expect(result.success.concurrency).toBe(10)
+    expect(result.success.prefetch).toBe(20)
     expect(result.success.reaperIntervalSeconds).toBe(2.5)
   })
 
   const bad: ReadonlyArray<[Record<string, string>, string]> = [
     [{ PGQ_CONCURRENCY: "0" }, "PGQ_CONCURRENCY"],
     [{ PGQ_CONCURRENCY: "1.5" }, "PGQ_CONCURRENCY"],
+    [{ PGQ_PREFETCH: "-1" }, "PGQ_PREFETCH"],
     [{ PGQ_VT_SECONDS: "-3" }, "PGQ_VT_SECONDS"],
     [{ PGQ_MAX_ATTEMPTS: "abc" }, "PGQ_MAX_ATTEMPTS"],
     [{ PGQ_HEALTH_PORT: "70000" }, "PGQ_HEALTH_PORT"],

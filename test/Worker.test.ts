@@ -1,5 +1,5 @@
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Deferred, Duration, Effect, Exit, Layer, Ref, Schedule, Schema, Scope } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Ref, Schedule, Schema, Scope } from "effect"
 import { SqlClient } from "effect/sql"
 import { ProcessRegistry } from "../src/ProcessRegistry.ts"
 import { Queue } from "../src/Queue.ts"
@@ -222,6 +222,44 @@ layer(testDb("worker", { maxConnections: 12 }), { excludeTestServices: true })("
       const sql = yield* SqlClient.SqlClient
       const processes = yield* sql.unsafe(`SELECT 1 FROM "${schema}".process`)
       expect(processes).toHaveLength(0)
+    }), { timeout: 30_000 })
+
+  it.effect("prefetch: runs at most `concurrency`, holds the rest with live leases, hands them back at shutdown", () =>
+    Effect.gen(function*() {
+      const { schema } = yield* TestSchema
+      const started = yield* Ref.make(0)
+      const hold = Task.define({
+        name: "hold",
+        payload: Schema.Struct({}),
+        handler: () => Ref.update(started, (n) => n + 1).pipe(Effect.andThen(Effect.never))
+      })
+      const q = yield* Queue
+      yield* q.enqueueMany(Array.from({ length: 6 }, () => ({ task: "hold", payload: {}, options: { queue: "prefetch" } })))
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(
+        Worker.layer(
+          Task.registry(hold),
+          options(schema, "prefetch", { concurrency: 2, prefetch: 3, shutdownGraceSeconds: 5, pollMaxMs: 50 })
+        ).pipe(Layer.provide(ProcessRegistry.layer(schema))),
+        scope
+      )
+      const worker = Context.get(context, Worker)
+      const status = yield* eventually(worker.status, (s) => s.inFlight === 2 && s.prefetched === 3)
+      expect(yield* Ref.get(started)).toBe(2)
+      const claimed = yield* rows("queue = 'prefetch' AND state = 'claimed'")
+      expect(claimed).toHaveLength(5)
+      // Full for several poll periods: the poll heartbeat stays fresh (health must not flap under long jobs).
+      yield* Effect.sleep("300 millis")
+      expect((yield* worker.status).secondsSinceLastPoll).toBeLessThan(0.2)
+      expect(status.processed).toBe(0)
+      // Shutdown: the three jobs that never started are ready again while the two running ones still drain.
+      const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+      const during = yield* eventually(rows("queue = 'prefetch'"), (r) => r.filter((x) => x.state === "ready").length === 4)
+      expect(during.filter((r) => r.state === "claimed")).toHaveLength(2)
+      yield* Fiber.join(closing)
+      const after = yield* rows("queue = 'prefetch'")
+      expect(after.map((r) => r.state)).toEqual(Array(6).fill("ready"))
+      expect(yield* Ref.get(started)).toBe(2)
     }), { timeout: 30_000 })
 })
 

@@ -2,7 +2,7 @@
  * `node dist/cli.js`: migrate, enqueue, status, dead-letter list/replay, and `dev` (the demo behind
  * `npm start`). Database layers are provided inside each handler, so `--help` needs no DATABASE_URL.
  */
-import { NodeServices } from "@effect/platform-node"
+import * as NodeServices from "@effect/platform-node/NodeServices"
 import { Console, Effect, Schema } from "effect"
 import { Argument, Command, Flag } from "effect/cli"
 import { parseSettings } from "../Config.ts"
