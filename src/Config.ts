@@ -16,6 +16,8 @@ export interface PgqSettings {
   readonly concurrency: number
   /** Jobs claimed ahead of free slots, held locally (leases renewed) so the next claim overlaps running jobs. */
   readonly prefetch: number
+  /** Enqueues NOTIFY after commit; workers LISTEN (not behind PgBouncer) and wake at once. */
+  readonly notify: boolean
   readonly processes: number
   readonly vtSeconds: number
   readonly maxAttempts: number
@@ -108,6 +110,7 @@ export const parseSettings = Effect.fnUntraced(function*(env: Env) {
     databaseUrl: raw(env, "DATABASE_URL").pipe(Option.map(Redacted.make)),
     schema: yield* withDefault(env, "PGQ_SCHEMA", "pgq", decodeVar("PGQ_SCHEMA", "a lower-case SQL identifier", Identifier)),
     pgbouncer: yield* withDefault(env, "PGQ_PGBOUNCER", false, boolean("PGQ_PGBOUNCER")),
+    notify: yield* withDefault(env, "PGQ_NOTIFY", true, boolean("PGQ_NOTIFY")),
     queues: yield* withDefault(env, "PGQ_QUEUES", ["default"], queueList("PGQ_QUEUES")),
     tasks: raw(env, "PGQ_TASKS"),
     concurrency: yield* positiveInt(env, "PGQ_CONCURRENCY", 10),

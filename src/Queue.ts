@@ -8,9 +8,11 @@
  */
 import { Context, Duration, Effect, Layer, Option } from "effect"
 import { SqlClient, type SqlError, type Statement } from "effect/sql"
+import type { PgqSettings } from "./Config.ts"
 import { PayloadRejected } from "./Errors.ts"
 import { findUnstorable, hasNul } from "./Json.ts"
 import type { Task } from "./Task.ts"
+import * as Wakeup from "./Wakeup.ts"
 
 export interface EnqueueOptions {
   readonly queue?: string
@@ -89,6 +91,11 @@ export interface QueueDefaults {
    * true). See `relaxedCommit` in `makeQueue`.
    */
   readonly asyncCommit?: boolean
+  /**
+   * After commit, NOTIFY listening workers of the queues that received ready jobs, so they start them at
+   * once instead of at their next poll (default true; see Wakeup.ts).
+   */
+  readonly notify?: boolean
 }
 
 const isIntIn = (value: number, min: number, max: number) => Number.isInteger(value) && value >= min && value <= max
@@ -194,6 +201,8 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
     )
   )
 
+  const announce = defaults.notify === false ? undefined : yield* Wakeup.makeAnnouncer(defaults.schema)
+
   const insertRows = (rows: ReadonlyArray<StoredJob>) =>
     sql<{ msg_id: string }>`
       INSERT INTO ${message} (queue, task, payload, org_id, priority, state, visible_at, max_attempts, execution_id, batch_index)
@@ -212,7 +221,10 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
   const enqueueMany = Effect.fn("Queue.enqueueMany")(function*(jobs: ReadonlyArray<JobSpec>) {
     if (jobs.length === 0) return []
     const rows = yield* Effect.forEach(jobs, (job) => validateJob(job, defaults))
-    return yield* insertRows(rows)
+    const ids = yield* insertRows(rows)
+    const ready = rows.filter((r) => r.delay_ms <= 0).map((r) => r.queue)
+    if (announce !== undefined && ready.length > 0) yield* sql.afterCommit(announce(ready))
+    return ids
   })
 
   const enqueue = Effect.fn("Queue.enqueue")(function*(task: string, payload: unknown, options?: EnqueueOptions) {
@@ -500,6 +512,9 @@ type QueueShape = Effect.Success<ReturnType<typeof makeQueue>>
 
 export class Queue extends Context.Service<Queue, QueueShape>()("effect-pg-queue/Queue") {
   static readonly layer = (defaults: QueueDefaults) => Layer.effect(Queue, makeQueue(defaults))
+  /** The queue as the validated settings configure it (PGQ_SCHEMA, PGQ_MAX_ATTEMPTS, PGQ_NOTIFY). */
+  static readonly fromSettings = (settings: Pick<PgqSettings, "schema" | "maxAttempts" | "notify">) =>
+    Queue.layer({ schema: settings.schema, maxAttempts: settings.maxAttempts, notify: settings.notify })
 }
 
 export type QueueError = SqlError.SqlError | PayloadRejected

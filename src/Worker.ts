@@ -10,6 +10,7 @@ import * as Health from "./Health.ts"
 import * as Metrics from "./Metrics.ts"
 import { ProcessRegistry } from "./ProcessRegistry.ts"
 import { type Attempt, type ClaimedJob, Queue } from "./Queue.ts"
+import * as Wakeup from "./Wakeup.ts"
 import { backoffSeconds, type JobContext, type Outcome, type TaskRegistry } from "./Task.ts"
 
 export interface WorkerOptions {
@@ -22,6 +23,11 @@ export interface WorkerOptions {
    * wait for a slot here while another worker sits idle. Default 0.
    */
   readonly prefetch?: number
+  /**
+   * LISTEN for enqueue notifications and cut the idle poll wait short when one names our queues (default
+   * false; needs a PgClient and a session of its own, so not behind PgBouncer).
+   */
+  readonly listen?: boolean
   /** The claim window (visibility timeout); renewed every third of it while a job runs. */
   readonly leaseSeconds: number
   readonly maxAttempts: number
@@ -103,6 +109,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
   const lastPruneAt = yield* Ref.make(0)
   const processed = yield* Ref.make(0)
   const slotFreed = yield* Q.sliding<void>(1)
+  const wakeups = yield* Q.sliding<void>(1)
   const acks = yield* Q.unbounded<Attempt>()
   const jobs = yield* FiberSet.make<void>()
 
@@ -273,7 +280,23 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
   const renewEvery = Duration.millis(Math.max(100, (options.leaseSeconds * 1000) / 3))
   yield* renewLeases.pipe(Effect.delay(renewEvery), Effect.repeat(Schedule.spaced(renewEvery)), Effect.forkScoped)
   const acker = yield* Q.takeAll(acks).pipe(Effect.flatMap(flushAcks), Effect.forever, Effect.forkScoped)
-  const poller = yield* poll.pipe(Effect.repeat(pollSchedule(options.pollIntervalMs, options.pollMaxMs)), Effect.forkScoped)
+  if (options.listen === true) {
+    yield* Wakeup.listen({ schema: options.schema, queues: options.queues, wake: Q.offer(wakeups, undefined) }).pipe(
+      Effect.forkScoped
+    )
+  }
+  // An idle wait ends early when a notification names one of our queues.
+  const schedule = pollSchedule(options.pollIntervalMs, options.pollMaxMs).pipe(
+    Schedule.modifyDelay(({ duration }) =>
+      Duration.isZero(duration)
+        ? Effect.succeed(duration)
+        : Q.take(wakeups).pipe(Effect.timeoutOption(duration), Effect.as(Duration.zero))
+    )
+  )
+  const poller = yield* poll.pipe(
+    Effect.repeat(schedule),
+    Effect.forkScoped
+  )
 
   /** Jobs never started go back to the queue at once, so other workers run them without waiting for us. */
   const handBackWaiting = Effect.gen(function*() {
@@ -332,6 +355,7 @@ export const optionsFromSettings = (settings: PgqSettings): WorkerOptions => ({
   queues: settings.queues,
   concurrency: settings.concurrency,
   prefetch: settings.prefetch,
+  listen: settings.notify && !settings.pgbouncer,
   leaseSeconds: settings.vtSeconds,
   maxAttempts: settings.maxAttempts,
   pollIntervalMs: settings.pollIntervalMs,
@@ -345,7 +369,7 @@ export const optionsFromSettings = (settings: PgqSettings): WorkerOptions => ({
 export const layerFromSettings = <R>(registry: TaskRegistry<R>, settings: PgqSettings) =>
   Worker.layer(registry, optionsFromSettings(settings)).pipe(
     Layer.provide(ProcessRegistry.layer(settings.schema)),
-    Layer.provide(Queue.layer({ schema: settings.schema, maxAttempts: settings.maxAttempts }))
+    Layer.provide(Queue.fromSettings(settings))
   )
 
 /**

@@ -14,6 +14,7 @@ describe("Config", () => {
     expect(s).toMatchObject({
       schema: "pgq",
       pgbouncer: false,
+      notify: true,
       queues: ["default"],
       concurrency: 10,
       prefetch: 0,
@@ -67,6 +68,7 @@ describe("Config", () => {
     [{ PGQ_QUEUES: " , " }, "PGQ_QUEUES"],
     [{ PGQ_LOG_FORMAT: "xml" }, "PGQ_LOG_FORMAT"],
     [{ PGQ_PGBOUNCER: "sometimes" }, "PGQ_PGBOUNCER"],
+    [{ PGQ_NOTIFY: "maybe" }, "PGQ_NOTIFY"],
     [{ PGQ_POLL_INTERVAL_MS: "300", PGQ_POLL_MAX_MS: "200" }, "PGQ_POLL_MAX_MS"],
     [{ PGQ_REAPER_INTERVAL_SECONDS: "10" }, "PGQ_REAPER_INTERVAL_SECONDS"],
     [{ PGQ_HEARTBEAT_SECONDS: "20" }, "PGQ_PROCESS_STALE_SECONDS"]

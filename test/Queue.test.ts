@@ -1,7 +1,9 @@
 import { assert, describe, expect, layer } from "@effect/vitest"
-import { Effect, Exit } from "effect"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import { Effect, Exit, Queue as Q } from "effect"
 import { SqlClient } from "effect/sql"
 import { Queue } from "../src/Queue.ts"
+import * as Wakeup from "../src/Wakeup.ts"
 import { TestSchema, testDb } from "./support.ts"
 
 /** Shift a row's timestamps into the past: the server clock cannot be moved, the data can. */
@@ -174,6 +176,25 @@ const queueSuite = (label: string, pgbouncer: boolean) =>
         yield* sql.withTransaction(q.enqueue("t", { outbox: true }, { queue: "outbox" }))
         expect((yield* claim("outbox", 10)).length).toBe(1)
       }))
+
+    it.effect("after commit, listeners hear which queues got ready jobs; rollbacks and delayed jobs stay silent", () =>
+      Effect.scoped(Effect.gen(function*() {
+        const q = yield* Queue
+        const sql = yield* SqlClient.SqlClient
+        const pg = yield* PgClient.PgClient
+        const { schema } = yield* TestSchema
+        const heard = yield* pg.listen(Wakeup.channel(schema))
+        yield* sql.withTransaction(q.enqueue("t", 1, { queue: "rolled-back" }).pipe(Effect.andThen(Effect.fail("no"))))
+          .pipe(Effect.ignore)
+        yield* q.enqueue("t", 2, { queue: "later", delay: "1 hour" })
+        yield* sql.withTransaction(q.enqueueMany([
+          { task: "t", payload: 3, options: { queue: "committed" } },
+          { task: "t", payload: 4, options: { queue: "committed" } }
+        ]))
+        const first = yield* Q.take(heard)
+        expect(first.payload).toBe("committed")
+        expect(first.channel).toBe(Wakeup.channel(schema))
+      })))
 
     it.effect("bad payloads and options are rejected before anything is written, naming the field", () =>
       Effect.gen(function*() {

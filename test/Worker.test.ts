@@ -224,6 +224,26 @@ layer(testDb("worker", { maxConnections: 12 }), { excludeTestServices: true })("
       expect(processes).toHaveLength(0)
     }), { timeout: 30_000 })
 
+  it.effect("LISTEN/NOTIFY: an enqueue wakes an idle worker long before its next poll", () =>
+    Effect.gen(function*() {
+      const ran = yield* Ref.make(0)
+      const wake = Task.define({ name: "wake", payload: Schema.Struct({}), handler: () => Ref.update(ran, (n) => n + 1) })
+      const q = yield* Queue
+      yield* withWorker(
+        Task.registry(wake),
+        // Idle polls a minute apart: only a notification can start a job within the test's timeout.
+        (schema) => options(schema, "wake", { pollIntervalMs: 60_000, pollMaxMs: 60_000, listen: true }),
+        Effect.gen(function*() {
+          // First let it poll once and settle into its minute-long idle wait.
+          const worker = yield* Worker
+          yield* eventually(worker.status, (s) => s.secondsSinceLastPoll > 0.1)
+          // Enqueue until one is picked up: the listener may not be LISTENing yet when the worker starts.
+          yield* eventually(q.enqueue("wake", {}, { queue: "wake" }).pipe(Effect.andThen(Ref.get(ran))), (n) => n > 0)
+        })
+      )
+      expect(yield* Ref.get(ran)).toBeGreaterThan(0)
+    }), { timeout: 15_000 })
+
   it.effect("prefetch: runs at most `concurrency`, holds the rest with live leases, hands them back at shutdown", () =>
     Effect.gen(function*() {
       const { schema } = yield* TestSchema

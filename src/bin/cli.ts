@@ -19,7 +19,7 @@ const withQueue = <A, E, R>(effect: Effect.Effect<A, E, R | Queue>) =>
   Effect.gen(function*() {
     const s = yield* settings
     return yield* effect.pipe(
-      Effect.provide(Queue.layer({ schema: s.schema, maxAttempts: s.maxAttempts })),
+      Effect.provide(Queue.fromSettings(s)),
       Effect.provide(databaseLayer(s, "pgq-cli", 4))
     )
   })

@@ -59,7 +59,7 @@ export const runDemo = (options: DemoOptions) =>
           `${options.port}/pgq node dist/cli.js dead-letter list`)
       }).pipe(Effect.provide(Worker.layerFromSettings(registry, settings)))
     }).pipe(
-      Effect.provide(Queue.layer({ schema: settings.schema, maxAttempts: settings.maxAttempts })),
+      Effect.provide(Queue.fromSettings(settings)),
       Effect.provide(Database.layer({ url, applicationName: "pgq-demo" }))
     )
   }).pipe(Effect.scoped)
