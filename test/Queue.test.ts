@@ -14,6 +14,15 @@ const age = (column: "visible_at" | "vt", seconds: number) =>
     yield* sql.unsafe(`UPDATE "${schema}".message SET ${column} = ${column} - interval '${seconds} seconds'`)
   })
 
+/** The queue's rows, in msg_id order. */
+const rows = (queue: string) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const { schema } = yield* TestSchema
+    return yield* sql<{ msg_id: string; state: string }>`
+      SELECT msg_id::text AS msg_id, state FROM ${sql(`${schema}.message`)} WHERE queue = ${queue} ORDER BY msg_id`
+  })
+
 const claim = (queue: string, limit: number, processId = "test-process") =>
   Queue.use((q) => q.claim({ queues: [queue], limit, leaseSeconds: 30, processId }))
 
@@ -72,6 +81,28 @@ const queueSuite = (label: string, pgbouncer: boolean) =>
           q.claim({ queues: ["multi-b", "multi-a"], limit: 10, leaseSeconds: 30, processId: "p" })
         )
         expect(rest.map((j) => j.msgId)).toEqual([b2])
+      }))
+
+    it.effect("ackAndClaim acks the attempts it is given (fenced) and claims in the same statement", () =>
+      Effect.gen(function*() {
+        const q = yield* Queue
+        yield* q.enqueueMany([1, 2, 3, 4].map((i) => ({ task: "t", payload: i, options: { queue: "ride" } })))
+        const [a, b] = yield* claim("ride", 2)
+        const stale = { msgId: b!.msgId, attempt: b!.attempt + 1 }
+        const { acked, claimed } = yield* q.ackAndClaim(
+          [{ msgId: a!.msgId, attempt: a!.attempt }, stale],
+          { queues: ["ride"], limit: 10, leaseSeconds: 30, processId: "p" }
+        )
+        expect([...acked]).toEqual([a!.msgId])
+        expect(claimed).toHaveLength(2)
+        const left = yield* rows("ride")
+        expect(left.map((r) => r.msg_id)).toEqual([b!.msgId, ...claimed.map((j) => j.msgId)])
+        // With nothing to claim it still acks.
+        const rest = yield* q.ackAndClaim(claimed.map((j) => ({ msgId: j.msgId, attempt: j.attempt })), {
+          queues: ["ride"], limit: 10, leaseSeconds: 30, processId: "p"
+        })
+        expect(rest.acked.size).toBe(2)
+        expect(rest.claimed).toEqual([])
       }))
 
     it.effect("claims and acks commit asynchronously on their own, never inside a host transaction", () =>
