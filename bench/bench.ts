@@ -757,7 +757,7 @@ const program = Effect.gen(function*() {
 
   yield* body.pipe(
     Effect.provide(
-      Queue.layer({ schema: SCHEMA, maxAttempts: 5 }).pipe(
+      Queue.layer({ schema: SCHEMA, maxAttempts: 5, notify: process.env.BENCH_NOTIFY !== "0" }).pipe(
         Layer.provideMerge(
           Database.layer({ url: Redacted.make(target.url), maxConnections: SINGLE_CALLERS + 4, applicationName: "pgq-bench" })
         )

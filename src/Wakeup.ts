@@ -13,7 +13,7 @@ import { Duration, Effect, Option, Queue as Q, Schedule } from "effect"
 import { SqlClient } from "effect/sql"
 
 /** Announcements arriving within this long after a NOTIFY share the next one. */
-const COALESCE = Duration.millis(2)
+const COALESCE = Duration.millis(10)
 
 /** The channel of a schema's queues; the payload is a queue name. */
 export const channel = (schema: string) => `pgq_${schema}`
