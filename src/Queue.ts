@@ -156,6 +156,19 @@ export interface StoredJob {
   readonly batch_index: number | null
 }
 
+/** One job of an insert batch as sent: see `insertRows`. */
+const wireRow = (r: StoredJob) => ({
+  q: r.queue,
+  t: r.task,
+  p: r.payload,
+  m: r.max_attempts,
+  ...(r.org_id === "" ? {} : { o: r.org_id }),
+  ...(r.priority === 5 ? {} : { pr: r.priority }),
+  ...(r.delay_ms > 0 ? { d: r.delay_ms } : {}),
+  ...(r.execution_id === null ? {} : { e: r.execution_id }),
+  ...(r.batch_index === null ? {} : { b: r.batch_index })
+})
+
 interface ClaimRow {
   readonly msg_id: string
   readonly queue: string
@@ -211,15 +224,17 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
 
   const announce = defaults.notify === false ? undefined : yield* Wakeup.makeAnnouncer(defaults.schema)
 
+  // The batch travels as one compact `json` document (short keys, defaults left out: json_to_recordset
+  // reads a missing key as NULL) and each payload is cast to jsonb once. json input is only validated,
+  // while a jsonb document, or a jsonb column of the record set, costs 2-3x more per batch.
   const insertRows = (rows: ReadonlyArray<StoredJob>) =>
     sql<{ msg_id: string }>`
       INSERT INTO ${message} (queue, task, payload, org_id, priority, state, visible_at, max_attempts, execution_id, batch_index)
-      SELECT r.queue, r.task, coalesce(r.payload, 'null'::jsonb), r.org_id, r.priority,
-             CASE WHEN r.delay_ms > 0 THEN 'scheduled' ELSE 'ready' END,
-             now() + r.delay_ms * interval '1 millisecond', r.max_attempts, r.execution_id, r.batch_index
-      FROM jsonb_to_recordset(${JSON.stringify(rows)}::jsonb) AS r(
-        queue text, task text, payload jsonb, org_id text, priority smallint, delay_ms float8,
-        max_attempts int, execution_id text, batch_index int)
+      SELECT r.q, r.t, coalesce(r.p::jsonb, 'null'::jsonb), coalesce(r.o, ''), coalesce(r.pr, 5),
+             CASE WHEN r.d > 0 THEN 'scheduled' ELSE 'ready' END,
+             now() + coalesce(r.d, 0) * interval '1 millisecond', r.m, r.e, r.b
+      FROM json_to_recordset(${JSON.stringify(rows.map(wireRow))}::json)
+        AS r(q text, t text, p json, o text, pr smallint, d float8, m int, e text, b int)
       RETURNING msg_id::text AS msg_id`.pipe(Effect.map((result) => result.map((r) => r.msg_id)))
 
   /**
