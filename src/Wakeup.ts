@@ -28,6 +28,14 @@ export const makeAnnouncer = Effect.fnUntraced(function*(schema: string) {
   const send = (queues: ReadonlyArray<string>) =>
     sql`SELECT pg_notify(${channel(schema)}, q), set_config('synchronous_commit', 'off', true)
         FROM unnest(${[...new Set(queues)]}::text[]) AS q`
+  // On close (a CLI enqueue, a host shutting down), send what is still pending: best effort, bounded.
+  yield* Effect.addFinalizer(() =>
+    Q.clear(pending).pipe(
+      Effect.flatMap((queues) => queues.length === 0 ? Effect.void : send(queues)),
+      Effect.timeout("1 second"),
+      Effect.ignore
+    )
+  )
   // After each NOTIFY, gather announcements for a moment: one notification per burst is enough to wake a
   // worker, and fewer NOTIFYs mean less contention on the notify lock for concurrent enqueuers.
   yield* Q.takeAll(pending).pipe(

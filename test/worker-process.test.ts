@@ -1,5 +1,5 @@
 import { expect, layer } from "@effect/vitest"
-import { Clock, Effect } from "effect"
+import { Clock, Effect, Option } from "effect"
 import { SqlClient } from "effect/sql"
 import { Queue } from "../src/Queue.ts"
 import { eventually, freePort, httpGet, spawnNode } from "./processes.ts"
@@ -80,6 +80,34 @@ layer(testDb("worker_process"), { excludeTestServices: true })("dist/worker.js",
       expect(rescued!.claimed_by).toContain(`:${rescuer.child.pid}:`)
       expect(seconds).toBeLessThan(30)
     }), { timeout: 60_000 })
+
+  it.effect("a job enqueued by dist/cli.js wakes an idle worker at once (LISTEN/NOTIFY), not at its next poll", () =>
+    Effect.gen(function*() {
+      const { schema, url } = yield* TestSchema
+      const port = yield* freePort
+      // Idle polls a minute apart: only a notification can start the job within the test's timeout.
+      yield* spawnNode(
+        "worker.js",
+        workerEnv(schema, url, {
+          PGQ_QUEUES: "woken",
+          PGQ_POLL_INTERVAL_MS: "60000",
+          PGQ_POLL_MAX_MS: "60000",
+          PGQ_HEALTH_PORT: String(port)
+        })
+      )
+      yield* eventually(httpGet(`http://127.0.0.1:${port}/health`), (r) => r.status === 200)
+      const enqueue = Effect.gen(function*() {
+        const cli = yield* spawnNode("cli.js", { DATABASE_URL: url, PGQ_SCHEMA: schema }, [
+          "enqueue", "--task", "noop", "--payload", "{}", "--queue", "woken"
+        ])
+        expect((yield* cli.exit).code).toBe(0)
+      }).pipe(Effect.scoped)
+      // Enqueue again if nothing ran within 3 s: the worker may not be LISTENing yet when it reports healthy.
+      const drained = eventually(messageRows("woken"), (rows) => rows.length === 0).pipe(Effect.timeoutOption("3 seconds"))
+      yield* enqueue.pipe(Effect.andThen(drained), Effect.repeat({ until: Option.isSome }))
+      const metrics = yield* httpGet(`http://127.0.0.1:${port}/metrics`)
+      expect(metrics.body).toMatch(/pgq_jobs_processed_total\S* [1-9]/)
+    }), { timeout: 40_000 })
 
   it.effect("bad configuration exits non-zero with a message naming the variable", () =>
     Effect.gen(function*() {
