@@ -103,6 +103,10 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
   const processId = yield* processes.register({ kind: "worker", queues: options.queues, every: options.heartbeatSeconds })
 
   const prefetch = options.prefetch ?? 0
+  // Acks ride along with claims only with a prefetch buffer. Without one, the next claim is on the critical
+  // path and a separate ack, on another connection, runs in parallel with it: measured 5.3k vs 4.2k jobs/s
+  // (1 × 10, no-op). With a buffer, riding along saves a statement per batch: 9.2k vs 8.6k (prefetch 30).
+  const acksRide = prefetch > 0
   const capacity = options.concurrency + prefetch
   const held = new Map<string, Held>()
   const slots = yield* Semaphore.make(options.concurrency)
@@ -240,7 +244,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
       return 1
     }
     // Finished jobs waiting for their ack ride along with the claim (given back to the acker if it fails).
-    const toAck = yield* Q.clear(acks)
+    const toAck = acksRide ? yield* Q.clear(acks) : []
     const [elapsed, { acked, claimed }] = yield* queue
       .ackAndClaim(toAck, { queues: options.queues, limit: free, leaseSeconds: options.leaseSeconds, processId })
       .pipe(Effect.timed, Effect.onError(() => Q.offerAll(acks, toAck)))
@@ -290,7 +294,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
   yield* renewLeases.pipe(Effect.delay(renewEvery), Effect.repeat(Schedule.spaced(renewEvery)), Effect.forkScoped)
   // The acker flushes what no claim picked up within ACK_GATHER (an idle or full worker claims rarely).
   const acker = yield* Q.take(acksWaiting).pipe(
-    Effect.delay(ACK_GATHER),
+    Effect.delay(acksRide ? ACK_GATHER : Duration.zero),
     // Uninterruptible once taken: shutdown waits for this flush instead of losing the acks it holds.
     Effect.andThen(Effect.uninterruptible(
       Q.clear(acks).pipe(Effect.flatMap((left) => left.length === 0 ? Effect.void : flushAcks(left)))
