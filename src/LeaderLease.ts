@@ -54,6 +54,8 @@ export interface LeaseCandidate {
   readonly tryAcquire: Effect.Effect<Option.Option<number>, SqlError.SqlError>
   readonly renew: (term: number) => Effect.Effect<boolean, SqlError.SqlError>
   readonly release: (term: number) => Effect.Effect<boolean, SqlError.SqlError>
+  /** Free any term this holder still holds (shutdown only; see `relinquish`). */
+  readonly relinquish: Effect.Effect<boolean, SqlError.SqlError>
   readonly fence: (term: number) => Statement.Fragment
 }
 
@@ -98,6 +100,18 @@ export const makeLeaderLease = Effect.fnUntraced(function*(options: { readonly s
     sql`
       UPDATE ${lease} SET holder = '', expires_at = now()
       WHERE name = ${name} AND holder = ${holder} AND term = ${term}::bigint
+      RETURNING 1 AS ok`.pipe(Effect.map((rows) => rows.length === 1))
+
+  /**
+   * Free whatever term `holder` still holds, for a candidate that is going away: an acquire interrupted
+   * in flight may have committed after we stopped waiting for its answer, and we would not know its term.
+   * Safe against successors because holder ids are unique per process (`workerId`); do not run two
+   * candidates for one lease name under one holder id.
+   */
+  const relinquish = (name: string, holder: string) =>
+    sql`
+      UPDATE ${lease} SET holder = '', expires_at = now()
+      WHERE name = ${name} AND holder = ${holder}
       RETURNING 1 AS ok`.pipe(Effect.map((rows) => rows.length === 1))
 
   /**
@@ -158,6 +172,7 @@ export const makeLeaderLease = Effect.fnUntraced(function*(options: { readonly s
       tryAcquire: acquire(name, holder, leaseSeconds).pipe(Effect.withSpan("LeaderLease.tryAcquire")),
       renew: (term: number) => extend(name, holder, term, leaseSeconds).pipe(Effect.withSpan("LeaderLease.renew")),
       release: (term: number) => free(name, holder, term).pipe(Effect.withSpan("LeaderLease.release")),
+      relinquish: relinquish(name, holder).pipe(Effect.withSpan("LeaderLease.relinquish")),
       fence: (term: number) => fence(name, holder, term)
     } satisfies LeaseCandidate
   })

@@ -219,6 +219,16 @@ export const makeLeadership = Effect.fnUntraced(function*<E, R>(options: Leaders
     )
   )
 
+  // Runs after the cycle fiber below has been interrupted (finalizers run in reverse): a campaign query
+  // interrupted in flight may still have won, and we would not know the term to release.
+  yield* Effect.addFinalizer(() =>
+    lease.relinquish.pipe(
+      Effect.timeout(Duration.seconds(leaseSeconds)),
+      Effect.flatMap((freed) => freed ? Effect.logInfo("released a lease won by an interrupted campaign") : Effect.void),
+      Effect.ignore
+    )
+  )
+
   yield* cycle.pipe(
     // The background fiber must never die silently (a failed forkScoped fiber is not reported anywhere).
     Effect.catchCause((cause) =>

@@ -242,6 +242,22 @@ layer(testDb("leadership"))("Leadership", (it) => {
         expect(after.expiresInSeconds).toBeLessThanOrEqual(0)
         expect(yield* leadership.state).toMatchObject({ isLeader: false, releases: 1, lastStepDown: "shutdown" })
       }))
+
+    it.effect("closing the scope frees a lease that a campaign won without learning it (interrupted in flight)", () =>
+      Effect.gen(function*() {
+        const { start, leases, sql, table, row } = yield* setup
+        yield* leases.tryAcquire("inflight", "someone-else", LEASE)
+        const b = yield* start({ name: "inflight", leaseSeconds: LEASE, renewEvery: RENEW, holder: "B", work: never })
+        yield* awaitState(b.leadership, (s) => s.campaigns === 1)
+        // What an acquire that committed after its caller was interrupted leaves behind.
+        yield* sql`UPDATE ${table} SET holder = 'B', term = term + 1, expires_at = now() + interval '10 seconds'
+                   WHERE name = 'inflight'`
+        expect((yield* b.leadership.state).isLeader).toBe(false)
+        yield* Scope.close(b.scope, Exit.void)
+        const after = yield* row("inflight")
+        expect(after.holder).toBe("")
+        expect(after.expiresInSeconds).toBeLessThanOrEqual(0)
+      }))
   })
 
   describe("standby takeover", () => {
