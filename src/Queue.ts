@@ -268,6 +268,16 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
     })
   })
 
+  /** Delete (complete) the rows of still-current attempts, returning their msg_id: the ack. */
+  const deleteAttempts = (attempts: ReadonlyArray<Attempt>) => {
+    const { ids, readCts } = fenceIds(attempts)
+    return sql`
+      DELETE FROM ${message} AS m
+      USING unnest(${ids}::bigint[], ${readCts}::int[]) AS a(msg_id, read_ct)
+      WHERE m.msg_id = a.msg_id AND m.read_ct = a.read_ct AND m.state = 'claimed'
+      RETURNING m.msg_id`
+  }
+
   /**
    * Ack finished attempts and claim up to `limit` ready jobs in one statement (one round trip and one
    * commit where a worker would otherwise spend two). The claim is the CTE join form, so it never
@@ -278,14 +288,8 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
   const ackAndClaim = Effect.fn("Queue.ackAndClaim")(function*(acks: ReadonlyArray<Attempt>, options: ClaimOptions) {
     if (options.limit <= 0 || options.queues.length === 0) return { acked: yield* ackMany(acks), claimed: [] }
     const relaxed = yield* relaxedCommit
-    const { ids, readCts } = fenceIds(acks)
     const rows = yield* sql<ClaimRow & { readonly kind: "job" | "ack" }>`
-      WITH acked AS (
-        DELETE FROM ${message} AS m
-        USING unnest(${ids}::bigint[], ${readCts}::int[]) AS a(msg_id, read_ct)
-        WHERE m.msg_id = a.msg_id AND m.read_ct = a.read_ct AND m.state = 'claimed'
-        RETURNING m.msg_id
-      ), locked AS (
+      WITH acked AS (${deleteAttempts(acks)}), locked AS (
         SELECT c.msg_id FROM unnest(${[...new Set(options.queues)]}::text[]) AS q(name)
         CROSS JOIN LATERAL (
           SELECT msg_id, priority FROM ${message}
@@ -340,14 +344,8 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
   /** Complete attempts (delete their rows); returns the msg ids actually acked. */
   const ackMany = Effect.fn("Queue.ackMany")(function*(attempts: ReadonlyArray<Attempt>) {
     if (attempts.length === 0) return new Set<string>()
-    const { ids, readCts } = fenceIds(attempts)
     const rows = yield* sql<{ msg_id: string }>`
-      WITH acked AS (
-        DELETE FROM ${message} AS m
-        USING unnest(${ids}::bigint[], ${readCts}::int[]) AS a(msg_id, read_ct)
-        WHERE m.msg_id = a.msg_id AND m.read_ct = a.read_ct AND m.state = 'claimed'
-        RETURNING m.msg_id
-      )
+      WITH acked AS (${deleteAttempts(attempts)})
       SELECT msg_id::text AS msg_id ${yield* relaxedCommit} FROM acked`
     return new Set(rows.map((r) => r.msg_id))
   })
