@@ -245,8 +245,8 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
     if (jobs.length === 0) return []
     const rows = yield* Effect.forEach(jobs, (job) => validateJob(job, defaults))
     const ids = yield* insertRows(rows)
-    const ready = rows.filter((r) => r.delay_ms <= 0).map((r) => r.queue)
-    if (announce !== undefined && ready.length > 0) yield* sql.afterCommit(announce(ready))
+    const ready = new Set(rows.filter((r) => r.delay_ms <= 0).map((r) => r.queue))
+    if (announce !== undefined && ready.size > 0) yield* sql.afterCommit(announce([...ready]))
     return ids
   })
 
