@@ -206,7 +206,8 @@ export const layerFromOptions = (options: ReaperOptions) =>
     Layer.provide(Layer.effectDiscard(
       ProcessRegistry.use((registry) => registry.register({ kind: "reaper", every: options.heartbeatSeconds }))
     ).pipe(Layer.provideMerge(ProcessRegistry.layer(options.schema)))),
-    Layer.provide(Queue.layer({ schema: options.schema, maxAttempts: options.maxAttempts }))
+    // The reaper never enqueues, so it needs no wake-up announcer.
+    Layer.provide(Queue.layer({ schema: options.schema, maxAttempts: options.maxAttempts, notify: false }))
   )
 
 export type ReaperRequirements = SqlClient.SqlClient

@@ -11,7 +11,7 @@ import * as Metrics from "./Metrics.ts"
 import { ProcessRegistry } from "./ProcessRegistry.ts"
 import { type Attempt, type ClaimedJob, Queue } from "./Queue.ts"
 import * as Wakeup from "./Wakeup.ts"
-import { backoffSeconds, type JobContext, type Outcome, type TaskRegistry } from "./Task.ts"
+import { backoffSeconds, defaultBackoff, type JobContext, type Outcome, type TaskRegistry } from "./Task.ts"
 
 export interface WorkerOptions {
   readonly schema: string
@@ -142,7 +142,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
         const task = registry.tasks.get(job.task)
         const result = yield* queue.fail(attempt, {
           error: outcome.error,
-          retryInSeconds: backoffSeconds(task?.backoff ?? { baseSeconds: 1, maxSeconds: 3600 }, job.attempt),
+          retryInSeconds: backoffSeconds(task?.backoff ?? defaultBackoff, job.attempt),
           deadLetter: outcome.action === "dead-letter"
         })
         yield* Effect.logWarning(`job ${job.msgId} (${job.task}) attempt ${job.attempt} failed (${result}): ${outcome.error}`)
