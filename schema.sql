@@ -17,6 +17,9 @@ CREATE TABLE IF NOT EXISTS pgq.message (
   read_ct       integer     NOT NULL DEFAULT 0,
   max_attempts  integer     NOT NULL DEFAULT 5,
   claimed_by    text,
+  -- Random per claim: the fence of ack/extend/fail/release. read_ct alone is not unique per claim once a
+  -- crash undoes an asynchronously committed claim (the next claim hands out the same read_ct again).
+  claim_token   uuid,
   last_error    text,
   enqueued_at   timestamptz NOT NULL DEFAULT now(),
   execution_id  text,
@@ -97,6 +100,14 @@ CREATE TABLE IF NOT EXISTS pgq.process (
   pid           integer     NOT NULL,
   queues        text[]      NOT NULL DEFAULT '{}',
   started_at    timestamptz NOT NULL DEFAULT now(),
-  heartbeat_at  timestamptz NOT NULL DEFAULT now()
+  heartbeat_at  timestamptz NOT NULL DEFAULT now(),
+  -- The process's own cadence: a pruner judges it by these, never by its own settings.
+  heartbeat_seconds float8 NOT NULL DEFAULT 2,
+  stale_seconds     float8 NOT NULL DEFAULT 10
 );
 CREATE INDEX IF NOT EXISTS process_heartbeat_idx ON pgq.process (heartbeat_at);
+
+-- Upgrades of databases created before these columns existed (no-ops on a fresh schema).
+ALTER TABLE pgq.message ADD COLUMN IF NOT EXISTS claim_token uuid;
+ALTER TABLE pgq.process ADD COLUMN IF NOT EXISTS heartbeat_seconds float8 NOT NULL DEFAULT 2;
+ALTER TABLE pgq.process ADD COLUMN IF NOT EXISTS stale_seconds float8 NOT NULL DEFAULT 10;
