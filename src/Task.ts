@@ -2,10 +2,11 @@
  * Task definitions: a name, a payload Schema, a handler and a failure policy, defined once and used
  * both to enqueue (encode) and to run (decode, execute, classify the outcome).
  */
-import { Cause, Effect, Exit, Option, Schema } from "effect"
+import { Cause, Effect, Exit, Formatter, Option, Result, Schema } from "effect"
 import type { SqlClient } from "effect/sql"
 import { resolve } from "node:path"
 import { pathToFileURL } from "node:url"
+import * as ErrorText from "./ErrorText.ts"
 import { InvalidConfig } from "./Errors.ts"
 
 /** What to do with a job whose handler failed with a typed error. */
@@ -70,13 +71,38 @@ export interface Task<P = unknown, R = never> {
   readonly execute: (payload: unknown, job: JobContext) => Effect.Effect<Outcome, never, R>
 }
 
-/** A failure as one line for `last_error`: a tagged error without a message shows its fields. */
-const describe = (error: unknown): string => {
-  if (typeof error !== "object" || error === null) return String(error)
-  const tag = "_tag" in error ? String(error._tag) : error instanceof Error ? error.name : "Error"
-  if (error instanceof Error && error.message !== "") return `${tag}: ${error.message}`
-  const fields = Object.fromEntries(Object.entries(error).filter(([key]) => key !== "_tag"))
-  return Object.keys(fields).length === 0 ? tag : `${tag}: ${JSON.stringify(fields)}`
+const isAction = (value: unknown): value is FailureAction =>
+  value === "retry" || value === "dead-letter" || value === "discard"
+
+/** Room left in `last_error` for a note on a policy that misbehaved. */
+const noteLength = 300
+
+/**
+ * Classify a typed failure. A policy that throws or answers something else must not lose the job's outcome:
+ * the job retries, and the error text says why.
+ */
+const classify = <E>(onFailure: (error: E) => FailureAction, error: E): Outcome => {
+  const verdict = Result.try(() => onFailure(error))
+  if (Result.isSuccess(verdict) && isAction(verdict.success)) {
+    return { _tag: "Failed", action: verdict.success, error: ErrorText.describeFailure(error) }
+  }
+  const note = Result.isFailure(verdict)
+    ? `onFailure threw ${ErrorText.describeFailure(verdict.failure, noteLength)}`
+    : `onFailure returned ${ErrorText.describeFailure(Formatter.format(verdict.success), noteLength)}, not an action`
+  const described = ErrorText.describeFailure(error, ErrorText.maxLength - noteLength - 60)
+  return { _tag: "Failed", action: "retry", error: ErrorText.safeLine(`${described} (${note}; retrying)`) }
+}
+
+/** A handler's exit as an outcome; interruption alone propagates (the job is released, not failed). */
+const outcomeOf = <E>(onFailure: (error: E) => FailureAction, exit: Exit.Exit<unknown, E>): Effect.Effect<Outcome> => {
+  if (Exit.isSuccess(exit)) return Effect.succeed({ _tag: "Succeeded", result: exit.value })
+  if (Cause.hasInterruptsOnly(exit.cause)) return Effect.interrupt
+  const failure = Cause.findErrorOption(exit.cause)
+  return Effect.succeed(
+    Option.isSome(failure)
+      ? classify(onFailure, failure.value)
+      : { _tag: "Failed", action: "retry", error: ErrorText.describeCause(exit.cause) }
+  )
 }
 
 /** Define a task once: the same value enqueues typed payloads and runs them. */
@@ -96,22 +122,24 @@ export const define = <S extends Schema.Top & Schema.Codec<S["Type"], S["Encoded
     execute: (payload, job) =>
       decode(payload).pipe(
         Effect.matchEffect({
-          onFailure: (error) => Effect.succeed<Outcome>({ _tag: "Rejected", reason: `payload does not match the schema of task ${options.name}: ${error.message}` }),
+          onFailure: (error) =>
+            Effect.succeed<Outcome>({
+              _tag: "Rejected",
+              reason: ErrorText.safeLine(`payload does not match the schema of task ${options.name}: ${error.message}`)
+            }),
+          // suspend: a handler that throws instead of returning an Effect is a defect like any other.
           onSuccess: (decoded) =>
-            options.handler(decoded, job).pipe(
+            Effect.suspend(() => options.handler(decoded, job)).pipe(
               Effect.exit,
-              Effect.flatMap((exit): Effect.Effect<Outcome> => {
-                if (Exit.isSuccess(exit)) return Effect.succeed({ _tag: "Succeeded", result: exit.value })
-                if (Cause.hasInterruptsOnly(exit.cause)) return Effect.interrupt
-                const failure = Cause.findErrorOption(exit.cause)
-                return Effect.succeed(
-                  Option.isSome(failure)
-                    ? { _tag: "Failed", action: onFailure(failure.value), error: describe(failure.value) }
-                    : { _tag: "Failed", action: "retry", error: `defect: ${Cause.pretty(exit.cause).split("\n")[0]}` }
-                )
-              })
+              Effect.flatMap((exit) => outcomeOf(onFailure, exit))
             )
-        })
+        }),
+        // Whatever else goes wrong (a Schema transformation that throws, say) retries rather than strand the job.
+        Effect.catchCause((cause) =>
+          Cause.hasInterruptsOnly(cause)
+            ? Effect.failCause(cause)
+            : Effect.succeed<Outcome>({ _tag: "Failed", action: "retry", error: ErrorText.describeCause(cause) })
+        )
       )
   }
 }
