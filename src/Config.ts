@@ -30,6 +30,10 @@ export interface PgqSettings {
   readonly stuckTimeoutSeconds: number
   readonly heartbeatSeconds: number
   readonly processStaleSeconds: number
+  /** Bound of every runtime statement (claim, renew, ack, heartbeat, maintenance), client-side. */
+  readonly statementTimeoutMs: number
+  /** How long after its enqueue a job of an unknown task is put off before it is dead-lettered. */
+  readonly unknownTaskGraceSeconds: number
   readonly deadLetterRetentionDays: number
   readonly healthPort: Option.Option<number>
   readonly healthStaleSeconds: number
@@ -127,6 +131,8 @@ export const parseSettings = Effect.fnUntraced(function*(env: Env) {
     stuckTimeoutSeconds: yield* positiveInt(env, "PGQ_STUCK_TIMEOUT_SECONDS", 9000),
     heartbeatSeconds,
     processStaleSeconds: yield* positiveNumber(env, "PGQ_PROCESS_STALE_SECONDS", 10),
+    statementTimeoutMs: yield* positiveInt(env, "PGQ_STATEMENT_TIMEOUT_MS", 10_000),
+    unknownTaskGraceSeconds: yield* positiveNumber(env, "PGQ_UNKNOWN_TASK_GRACE_SECONDS", 3600),
     deadLetterRetentionDays: yield* positiveNumber(env, "PGQ_DEAD_LETTER_RETENTION_DAYS", 14),
     healthPort: yield* optional(env, "PGQ_HEALTH_PORT", decodeVar("PGQ_HEALTH_PORT", "a port 0..65535", PortNumber)),
     healthStaleSeconds: yield* positiveNumber(env, "PGQ_HEALTH_STALE_SECONDS", 60),
@@ -145,10 +151,11 @@ export const parseSettings = Effect.fnUntraced(function*(env: Env) {
     "PGQ_REAPER_INTERVAL_SECONDS",
     `must be shorter than PGQ_LEASE_SECONDS (${leaseSeconds})`
   )
+  // Two missed heartbeats (a GC pause, a slow query) must not get a live process pruned.
   yield* ensure(
-    settings.processStaleSeconds > heartbeatSeconds,
+    settings.processStaleSeconds >= 3 * heartbeatSeconds,
     "PGQ_PROCESS_STALE_SECONDS",
-    `must be longer than PGQ_HEARTBEAT_SECONDS (${heartbeatSeconds})`
+    `must be at least 3 × PGQ_HEARTBEAT_SECONDS (${3 * heartbeatSeconds})`
   )
   return settings
 })
