@@ -4,6 +4,7 @@
  */
 import { Context, Effect, Layer, Option, Redacted, Schema } from "effect"
 import { InvalidConfig } from "./Errors.ts"
+import { Identifier, isQueueName, queueNameRule } from "./Names.ts"
 
 export type LogFormat = "json" | "pretty"
 
@@ -62,8 +63,8 @@ const PositiveInt = IntFromString.check(Schema.isGreaterThan(0))
 const PositiveNumber = Schema.NumberFromString.check(Schema.isFinite(), Schema.isGreaterThan(0))
 const NonNegativeInt = IntFromString.check(Schema.isGreaterThanOrEqualTo(0))
 const PortNumber = IntFromString.check(Schema.isBetween({ minimum: 0, maximum: 65535 }))
-const Identifier = Schema.String.check(Schema.isPattern(/^[a-z_][a-z0-9_]{0,62}$/))
-const QueueName = /^[A-Za-z0-9_.:-]{1,128}$/
+/** A lower-case SQL identifier: PGQ_SCHEMA, and the schema `migrate` accepts (safe to double-quote into SQL). */
+export { Identifier }
 
 const optional = <A>(env: Env, variable: string, decode: (value: string) => Effect.Effect<A, InvalidConfig>) =>
   Effect.transposeOption(Option.map(raw(env, variable), decode))
@@ -90,9 +91,9 @@ const boolean = (variable: string) => (value: string): Effect.Effect<boolean, In
 
 const queueList = (variable: string) => (value: string): Effect.Effect<ReadonlyArray<string>, InvalidConfig> => {
   const queues = [...new Set(value.split(",").map((q) => q.trim()).filter((q) => q !== ""))]
-  const bad = queues.find((q) => !QueueName.test(q))
+  const bad = queues.find((q) => !isQueueName(q))
   if (bad !== undefined) {
-    return Effect.fail(new InvalidConfig({ variable, reason: `invalid queue name ${JSON.stringify(bad)}` }))
+    return Effect.fail(new InvalidConfig({ variable, reason: `queue name ${JSON.stringify(bad)} ${queueNameRule}` }))
   }
   return queues.length === 0
     ? Effect.fail(new InvalidConfig({ variable, reason: "lists no queue" }))
