@@ -1,0 +1,35 @@
+/**
+ * Task module of `npm run chaos` (bench/chaos.ts): `PGQ_TASKS=./bench/chaos-tasks.ts`.
+ *
+ * `chaos.job` records every run in `<schema>.chaos_run`: a row (msg_id, attempt, pid) when the handler starts,
+ * then it sleeps the payload's `ms` (so SIGKILLs land mid-job), then it stamps `finished_at`. Each statement
+ * commits on its own, so a run cut short by a SIGKILL stays visible as a started, unfinished row: the harness
+ * reads lost jobs, same-attempt double runs and re-runs from this table alone.
+ */
+import { Duration, Effect, Schema } from "effect"
+import { SqlClient } from "effect/sql"
+import { pathToFileURL } from "node:url"
+
+// The harness points CHAOS_TASK_LIB at the Task.js of the dist/ copy its workers run, so that the tasks are
+// defined by the code under test even when src/ changes during a run.
+const lib = process.env.CHAOS_TASK_LIB
+const Task: typeof import("../src/Task.ts") = await import(lib === undefined ? "../src/Task.ts" : pathToFileURL(lib).href)
+
+const schema = process.env.PGQ_SCHEMA ?? "pgq_chaos"
+
+export const chaosJob = Task.define({
+  name: "chaos.job",
+  payload: Schema.Struct({ i: Schema.Number, ms: Schema.Number }),
+  handler: ({ ms }, job) =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const runs = sql(`${schema}.chaos_run`)
+      const [run] = yield* sql<{ run_id: number }>`
+        INSERT INTO ${runs} (msg_id, attempt, pid) VALUES (${job.msgId}::bigint, ${job.attempt}, ${process.pid})
+        RETURNING run_id`
+      yield* Effect.sleep(Duration.millis(ms))
+      yield* sql`UPDATE ${runs} SET finished_at = clock_timestamp() WHERE run_id = ${run!.run_id}`
+    })
+})
+
+export default Task.registry(chaosJob)
