@@ -2,7 +2,7 @@
  * Every PGQ_* knob, parsed and validated in one place. A bad value fails with `InvalidConfig`
  * naming the variable, so entrypoints can exit non-zero with a message an operator can act on.
  */
-import { Context, Effect, Layer, Option, Redacted, Schema } from "effect"
+import { Context, Effect, Layer, type LogLevel, Option, Redacted, Schema } from "effect"
 import { InvalidConfig } from "./Errors.ts"
 import { Identifier, isQueueName, queueNameRule } from "./Names.ts"
 
@@ -40,6 +40,8 @@ export interface PgqSettings {
   readonly healthStaleSeconds: number
   readonly statusUrl: Option.Option<string>
   readonly logFormat: LogFormat
+  /** Minimum level logged; at debug and trace a failed start also prints its whole cause (stack included). */
+  readonly logLevel: LogLevel.LogLevel
   /** Apply schema.sql at start-up (idempotent); off for roles without DDL rights. */
   readonly autoMigrate: boolean
 }
@@ -100,6 +102,26 @@ const queueList = (variable: string) => (value: string): Effect.Effect<ReadonlyA
     : Effect.succeed(queues)
 }
 
+const logLevels: ReadonlyMap<string, LogLevel.LogLevel> = new Map([
+  ["trace", "Trace"],
+  ["debug", "Debug"],
+  ["info", "Info"],
+  ["warn", "Warn"],
+  ["error", "Error"]
+])
+
+/** PGQ_LOG_LEVEL alone: the entrypoints need it even when the rest of the configuration is invalid. */
+export const logLevelFrom = (env: Env): Effect.Effect<LogLevel.LogLevel, InvalidConfig> =>
+  withDefault(env, "PGQ_LOG_LEVEL", "Info", (value) => {
+    const level = logLevels.get(value.toLowerCase())
+    return level === undefined
+      ? Effect.fail(new InvalidConfig({
+        variable: "PGQ_LOG_LEVEL",
+        reason: `expected trace, debug, info, warn or error, got ${JSON.stringify(value)}`
+      }))
+      : Effect.succeed(level)
+  })
+
 const ensure = (condition: boolean, variable: string, reason: string) =>
   condition ? Effect.void : Effect.fail(new InvalidConfig({ variable, reason }))
 
@@ -144,6 +166,7 @@ export const parseSettings = Effect.fnUntraced(function*(env: Env) {
       "json",
       decodeVar("PGQ_LOG_FORMAT", "json or pretty", Schema.Literals(["json", "pretty"]))
     ),
+    logLevel: yield* logLevelFrom(env),
     autoMigrate: yield* withDefault(env, "PGQ_AUTO_MIGRATE", true, boolean("PGQ_AUTO_MIGRATE"))
   }
   yield* ensure(pollMaxMs >= pollIntervalMs, "PGQ_POLL_MAX_MS", `must be >= PGQ_POLL_INTERVAL_MS (${pollIntervalMs})`)
