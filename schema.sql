@@ -1,6 +1,17 @@
 -- effect-pg-queue canonical DDL. "pgq" is a placeholder replaced by PGQ_SCHEMA at migration time.
--- Every statement is idempotent: `node dist/cli.js migrate` may run any number of times, from several
--- processes at once.
+--
+-- This file is the desired state. src/Migrations.ts compares it with the catalog, creates only what is
+-- missing, and records `schemaVersion` (src/Migrations.ts) in pgq.schema_version; a start against a database
+-- already at that version runs no DDL at all. WHEN YOU CHANGE THIS FILE, BUMP schemaVersion (a test pins
+-- these statements to the version). Rules, so that existing databases upgrade without freezing the queue:
+-- - every statement is idempotent (IF NOT EXISTS): several processes may migrate at once;
+-- - a new column of an existing table: add it to its CREATE TABLE and also as its own
+--   `ALTER TABLE pgq.t ADD COLUMN IF NOT EXISTS c ...` at the end (one column per statement; a constant
+--   DEFAULT keeps it a catalog-only change);
+-- - a new index: `CREATE [UNIQUE] INDEX IF NOT EXISTS name ON pgq.t ...`; on an existing table it is built
+--   CONCURRENTLY, outside any transaction, so writers are never blocked;
+-- - anything else runs as written, whenever the recorded version is older, inside the migration's
+--   transaction under lock_timeout: keep it idempotent and cheap.
 
 CREATE SCHEMA IF NOT EXISTS pgq;
 
@@ -106,6 +117,14 @@ CREATE TABLE IF NOT EXISTS pgq.process (
   stale_seconds     float8 NOT NULL DEFAULT 10
 );
 CREATE INDEX IF NOT EXISTS process_heartbeat_idx ON pgq.process (heartbeat_at);
+
+-- The schemaVersion this schema was last brought to (one row); read at every start.
+CREATE TABLE IF NOT EXISTS pgq.schema_version (
+  singleton   boolean     PRIMARY KEY DEFAULT true,
+  version     integer     NOT NULL,
+  applied_at  timestamptz NOT NULL DEFAULT now(),
+  CONSTRAINT schema_version_one_row CHECK (singleton)
+);
 
 -- Upgrades of databases created before these columns existed (no-ops on a fresh schema).
 ALTER TABLE pgq.message ADD COLUMN IF NOT EXISTS claim_token uuid;

@@ -27,9 +27,9 @@ const withQueue = <A, E, R>(effect: Effect.Effect<A, E, R | Queue>) =>
 const migrateCommand = Command.make("migrate", {}, () =>
   Effect.gen(function*() {
     const s = yield* settings
-    const count = yield* migrate(s.schema).pipe(Effect.provide(databaseLayer(s, "pgq-cli", 2)))
-    yield* Console.log(`schema "${s.schema}" is up to date (${count} idempotent statements applied)`)
-  })).pipe(Command.withDescription("Apply schema.sql to PGQ_SCHEMA (idempotent, safe to run concurrently)"))
+    const { applied, version } = yield* migrate(s.schema).pipe(Effect.provide(databaseLayer(s, "pgq-cli", 2)))
+    yield* Console.log(`schema "${s.schema}" is up to date at version ${version} (${applied} DDL statements applied)`)
+  })).pipe(Command.withDescription("Bring PGQ_SCHEMA to schema.sql (idempotent, safe to run concurrently)"))
 
 const Json = Schema.fromJsonString(Schema.Unknown)
 
