@@ -6,11 +6,12 @@
  * the server's now(), and every per-attempt operation is fenced on (msg_id, read_ct, state = 'claimed'),
  * so an attempt that lost its lease can never ack, extend or fail a newer attempt.
  */
-import { Context, Duration, Effect, Layer, Option } from "effect"
+import { type Cause, Context, Duration, Effect, Layer, Option } from "effect"
 import { SqlClient, type SqlError, type Statement } from "effect/sql"
 import type { PgqSettings } from "./Config.ts"
 import { PayloadRejected } from "./Errors.ts"
 import { findUnstorable, hasNul } from "./Json.ts"
+import { isQueueName, queueNameRule } from "./Names.ts"
 import type { Task } from "./Task.ts"
 import * as Wakeup from "./Wakeup.ts"
 
@@ -34,9 +35,10 @@ export interface JobSpec {
   readonly options?: EnqueueOptions
 }
 
-/** A claimed job. `(msgId, attempt)` is the fence every later operation carries. */
+/** A claimed job. Its `Attempt` (msgId, attempt, token) is the fence every later operation carries. */
 export interface ClaimedJob {
   readonly msgId: string
+  readonly token: string
   readonly queue: string
   readonly task: string
   readonly payload: unknown
@@ -55,13 +57,34 @@ export interface ClaimOptions {
   readonly leaseSeconds: number
   /** Recorded as `claimed_by`, so a dead process's claims can be freed. */
   readonly processId: string
+  /**
+   * Claim only while `processId` is registered in the process table. A process that was pruned (presumed
+   * dead after a stall) must first find out which of its attempts it lost before it claims again.
+   */
+  readonly registered?: boolean
 }
 
-/** The fence of one attempt. */
+/** What `ackAndClaim` did; `unregistered` when `registered` was asked for and the process row is gone. */
+export interface AckAndClaim {
+  readonly acked: ReadonlySet<string>
+  readonly claimed: ReadonlyArray<ClaimedJob>
+  readonly unregistered: boolean
+}
+
+/**
+ * The fence of one attempt. `token` is random per claim: `attempt` (read_ct) alone can be handed out twice
+ * when a database crash undoes an asynchronously committed claim.
+ */
 export interface Attempt {
   readonly msgId: string
   readonly attempt: number
+  readonly token: string
 }
+
+/** The key of an attempt in a worker's memory: never the msg_id alone. */
+export const attemptKey = (attempt: Attempt): string => `${attempt.msgId}/${attempt.token}`
+
+export type DeferResult = "deferred" | "dead-lettered" | "stale"
 
 export type FailResult = "retried" | "dead-lettered" | "stale"
 
@@ -84,9 +107,16 @@ export interface DeadLetter {
   readonly failedAt: Date
 }
 
-/** Limits of a maintenance statement: only these queues (default all), only while `fence` holds. */
+/** Rows one maintenance statement touches at most (River's maintenance services use the same figure). */
+export const MAINTENANCE_BATCH = 1000
+
+/**
+ * Limits of a maintenance statement: only these queues (default all), only while `fence` holds, at most
+ * `limit` rows (default MAINTENANCE_BATCH).
+ */
 export interface MaintenanceScope {
   readonly queues?: ReadonlyArray<string>
+  readonly limit?: number
   /** A leader fence (`LeaderTerm.fence`): the statement changes nothing once the term is lost. */
   readonly fence?: Statement.Fragment
 }
@@ -99,6 +129,13 @@ export interface QueueDefaults {
    * true). See `relaxedCommit` in `makeQueue`.
    */
   readonly asyncCommit?: boolean
+  /**
+   * Client-side bound of every runtime statement (claim, renew, ack, fail, release, maintenance): the query
+   * is cancelled on the server and the call fails with a TimeoutError, so a hung database cannot wedge a
+   * worker's or the reaper's loop, nor its shutdown (PGQ_STATEMENT_TIMEOUT_MS). Unset: unbounded.
+   * Enqueues are left to the host's own timeouts.
+   */
+  readonly statementTimeoutMs?: number
   /**
    * After commit, NOTIFY listening workers of the queues that received ready jobs, so they start them at
    * once instead of at their next poll (default true; see Wakeup.ts).
@@ -116,7 +153,7 @@ export const validateJob = (job: JobSpec, defaults: QueueDefaults): Effect.Effec
   const unstorable = findUnstorable(job.payload)
   if (Option.isSome(unstorable)) return reject(unstorable.value.path, unstorable.value.reason)
   const queue = o.queue ?? "default"
-  if (queue === "" || hasNul(queue)) return reject("queue", "must be a non-empty name without NUL characters")
+  if (!isQueueName(queue)) return reject("queue", queueNameRule)
   const priority = o.priority ?? 5
   if (!isIntIn(priority, 1, 10)) return reject("priority", `must be an integer 1..10, got ${priority}`)
   const maxAttempts = o.maxAttempts ?? defaults.maxAttempts
@@ -171,6 +208,7 @@ const wireRow = (r: StoredJob) => ({
 
 interface ClaimRow {
   readonly msg_id: string
+  readonly claim_token: string
   readonly queue: string
   readonly task: string
   readonly payload: unknown
@@ -185,6 +223,7 @@ interface ClaimRow {
 
 const toClaimed = (row: ClaimRow): ClaimedJob => ({
   msgId: row.msg_id,
+  token: row.claim_token,
   queue: row.queue,
   task: row.task,
   payload: row.payload,
@@ -199,13 +238,21 @@ const toClaimed = (row: ClaimRow): ClaimedJob => ({
 
 const fenceIds = (attempts: ReadonlyArray<Attempt>) => ({
   ids: attempts.map((a) => a.msgId),
-  readCts: attempts.map((a) => a.attempt)
+  tokens: attempts.map((a) => a.token)
 })
 
 export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
   const sql = yield* SqlClient.SqlClient
   const message = sql(`${defaults.schema}.message`)
   const deadLetterTable = sql(`${defaults.schema}.dead_letter`)
+  const processTable = sql(`${defaults.schema}.process`)
+  /** The attempts of a fenced statement, as a relation `a(msg_id, token)`. */
+  const attemptsOf = (attempts: ReadonlyArray<Attempt>) => {
+    const { ids, tokens } = fenceIds(attempts)
+    return sql`unnest(${ids}::bigint[], ${tokens}::uuid[]) AS a(msg_id, token)`
+  }
+  /** The per-claim fence: the row is still claimed by exactly this claim. */
+  const fenced = sql`m.msg_id = a.msg_id AND m.claim_token = a.token AND m.state = 'claimed'`
 
   /**
    * A column that makes the statement's own transaction commit asynchronously, when it runs on its own
@@ -221,6 +268,11 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
         : sql.literal("")
     )
   )
+
+  const bounded = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | Cause.TimeoutError, R> =>
+    defaults.statementTimeoutMs === undefined
+      ? effect
+      : Effect.timeout(effect, Duration.millis(defaults.statementTimeoutMs))
 
   const announce = defaults.notify === false ? undefined : yield* Wakeup.makeAnnouncer(defaults.schema)
 
@@ -269,14 +321,8 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
   })
 
   /** Delete (complete) the rows of still-current attempts, returning their msg_id: the ack. */
-  const deleteAttempts = (attempts: ReadonlyArray<Attempt>) => {
-    const { ids, readCts } = fenceIds(attempts)
-    return sql`
-      DELETE FROM ${message} AS m
-      USING unnest(${ids}::bigint[], ${readCts}::int[]) AS a(msg_id, read_ct)
-      WHERE m.msg_id = a.msg_id AND m.read_ct = a.read_ct AND m.state = 'claimed'
-      RETURNING m.msg_id`
-  }
+  const deleteAttempts = (attempts: ReadonlyArray<Attempt>) =>
+    sql`DELETE FROM ${message} AS m USING ${attemptsOf(attempts)} WHERE ${fenced} RETURNING m.msg_id, m.claim_token`
 
   /**
    * Ack finished attempts and claim up to `limit` ready jobs in one statement (one round trip and one
@@ -285,11 +331,19 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
    * join), so the cost of a claim does not grow with the backlog and the plan does not depend on fresh
    * statistics; `queue = ANY(...)` would sort every ready row of the queues on each claim.
    */
-  const ackAndClaim = Effect.fn("Queue.ackAndClaim")(function*(acks: ReadonlyArray<Attempt>, options: ClaimOptions) {
-    if (options.limit <= 0 || options.queues.length === 0) return { acked: yield* ackMany(acks), claimed: [] }
+  const ackAndClaim = Effect.fn("Queue.ackAndClaim")(function*(
+    acks: ReadonlyArray<Attempt>,
+    options: ClaimOptions
+  ): Effect.fn.Return<AckAndClaim, SqlError.SqlError | Cause.TimeoutError> {
+    if (options.limit <= 0 || options.queues.length === 0) {
+      return { acked: yield* ackMany(acks), claimed: [], unregistered: false }
+    }
     const relaxed = yield* relaxedCommit
-    const rows = yield* sql<ClaimRow & { readonly kind: "job" | "ack" }>`
-      WITH acked AS (${deleteAttempts(acks)}), locked AS (
+    const registered = options.registered === true
+      ? sql`EXISTS (SELECT 1 FROM ${processTable} WHERE process_id = ${options.processId})`
+      : sql`TRUE`
+    const rows = yield* sql<ClaimRow & { readonly kind: "job" | "ack" | "unregistered" }>`
+      WITH acked AS (${deleteAttempts(acks)}), registered AS (SELECT ${registered} AS ok), locked AS (
         SELECT c.msg_id FROM unnest(${[...new Set(options.queues)]}::text[]) AS q(name)
         CROSS JOIN LATERAL (
           SELECT msg_id, priority FROM ${message}
@@ -298,74 +352,78 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
           LIMIT ${options.limit}
           FOR UPDATE SKIP LOCKED
         ) AS c
+        WHERE (SELECT ok FROM registered)
         ORDER BY c.priority DESC, c.msg_id
         LIMIT ${options.limit}
       ), claimed AS (
         UPDATE ${message} AS m
         SET state = 'claimed', vt = now() + ${options.leaseSeconds} * interval '1 second',
-            read_ct = m.read_ct + 1, claimed_by = ${options.processId}
+            read_ct = m.read_ct + 1, claimed_by = ${options.processId}, claim_token = gen_random_uuid()
         FROM locked WHERE m.msg_id = locked.msg_id
-        RETURNING m.msg_id, m.queue, m.task, m.payload, m.org_id, m.priority, m.read_ct, m.max_attempts,
+        RETURNING m.msg_id, m.claim_token, m.queue, m.task, m.payload, m.org_id, m.priority, m.read_ct, m.max_attempts,
                   m.enqueued_at, m.execution_id, m.batch_index
       ), answer AS (
-        SELECT 'job' AS kind, msg_id, queue, task, payload, org_id, priority, read_ct, max_attempts,
+        SELECT 'job' AS kind, msg_id, claim_token, queue, task, payload, org_id, priority, read_ct, max_attempts,
                enqueued_at, execution_id, batch_index
         FROM claimed
         UNION ALL
-        SELECT 'ack', msg_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM acked
+        SELECT 'ack', msg_id, claim_token, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM acked
+        UNION ALL
+        SELECT 'unregistered', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+        FROM registered WHERE NOT ok
       )
-      SELECT kind, msg_id::text AS msg_id, queue, task, payload, org_id, priority, read_ct, max_attempts,
+      SELECT kind, msg_id::text AS msg_id, claim_token::text AS claim_token, queue, task, payload, org_id, priority, read_ct, max_attempts,
              enqueued_at, execution_id, batch_index ${relaxed}
       FROM answer ORDER BY kind DESC, priority DESC, answer.msg_id`
     return {
-      acked: new Set(rows.filter((r) => r.kind === "ack").map((r) => r.msg_id)),
-      claimed: rows.filter((r) => r.kind === "job").map(toClaimed)
+      acked: new Set(rows.filter((r) => r.kind === "ack").map((r) => r.claim_token)),
+      claimed: rows.filter((r) => r.kind === "job").map(toClaimed),
+      unregistered: rows.some((r) => r.kind === "unregistered")
     }
-  })
+  }, (effect) => bounded(effect))
 
   /** Claim up to `limit` ready jobs (see `ackAndClaim`). */
   const claim = (options: ClaimOptions) => ackAndClaim([], options).pipe(Effect.map((r) => r.claimed))
 
-  /** Push the lease of still-held attempts forward; returns the msg ids that are still ours. */
+  /** Push the lease of still-held attempts forward; returns the claim tokens of the attempts still ours. */
   const extend = Effect.fn("Queue.extend")(function*(attempts: ReadonlyArray<Attempt>, leaseSeconds: number) {
     if (attempts.length === 0) return new Set<string>()
-    const { ids, readCts } = fenceIds(attempts)
-    const rows = yield* sql<{ msg_id: string }>`
+    const rows = yield* sql<{ token: string }>`
       WITH extended AS (
         UPDATE ${message} AS m SET vt = now() + ${leaseSeconds} * interval '1 second'
-        FROM unnest(${ids}::bigint[], ${readCts}::int[]) AS a(msg_id, read_ct)
-        WHERE m.msg_id = a.msg_id AND m.read_ct = a.read_ct AND m.state = 'claimed'
-        RETURNING m.msg_id
+        FROM ${attemptsOf(attempts)} WHERE ${fenced}
+        RETURNING m.claim_token
       )
-      SELECT msg_id::text AS msg_id ${yield* relaxedCommit} FROM extended`
-    return new Set(rows.map((r) => r.msg_id))
-  })
+      SELECT claim_token::text AS token ${yield* relaxedCommit} FROM extended`
+    return new Set(rows.map((r) => r.token))
+  }, (effect) => bounded(effect))
 
-  /** Complete attempts (delete their rows); returns the msg ids actually acked. */
+  /** Complete attempts (delete their rows); returns the claim tokens of the attempts actually acked. */
   const ackMany = Effect.fn("Queue.ackMany")(function*(attempts: ReadonlyArray<Attempt>) {
     if (attempts.length === 0) return new Set<string>()
-    const rows = yield* sql<{ msg_id: string }>`
+    const rows = yield* sql<{ token: string }>`
       WITH acked AS (${deleteAttempts(attempts)})
-      SELECT msg_id::text AS msg_id ${yield* relaxedCommit} FROM acked`
-    return new Set(rows.map((r) => r.msg_id))
-  })
+      SELECT claim_token::text AS token ${yield* relaxedCommit} FROM acked`
+    return new Set(rows.map((r) => r.token))
+  }, (effect) => bounded(effect))
 
-  const ack = (attempt: Attempt) => ackMany([attempt]).pipe(Effect.map((acked) => acked.has(attempt.msgId)))
+  const ack = (attempt: Attempt) => ackMany([attempt]).pipe(Effect.map((acked) => acked.has(attempt.token)))
 
   /**
-   * A failed attempt: retry after `retryInSeconds` (state scheduled), or move to dead_letter when the
-   * attempts are exhausted or `deadLetter` is forced. One statement; "stale" if the fence did not match.
+   * Settle a failed attempt in one statement: move it to dead_letter when `exhausted` holds for its row,
+   * otherwise schedule it again after `retryInSeconds` (`spare` attempts added to its budget). "stale" when
+   * the attempt's fence no longer matches.
    */
-  const fail = Effect.fn("Queue.fail")(function*(
+  const settleFailure = (
     attempt: Attempt,
-    options: { readonly error: string; readonly retryInSeconds: number; readonly deadLetter?: boolean }
-  ) {
-    const force = options.deadLetter ?? false
-    const [row] = yield* sql<{ dead: number; retried: number }>`
+    exhausted: Statement.Fragment,
+    options: { readonly error: string; readonly retryInSeconds: number; readonly spare: number }
+  ) =>
+    sql<{ dead: number; retried: number }>`
       WITH target AS (
-        SELECT msg_id, (read_ct >= max_attempts OR ${force}) AS exhausted FROM ${message}
-        WHERE msg_id = ${attempt.msgId}::bigint AND read_ct = ${attempt.attempt} AND state = 'claimed'
-        FOR UPDATE
+        SELECT m.msg_id, ${exhausted} AS exhausted FROM ${message} AS m, ${attemptsOf([attempt])}
+        WHERE ${fenced}
+        FOR UPDATE OF m
       ), dead AS (
         DELETE FROM ${message} AS m USING target t WHERE m.msg_id = t.msg_id AND t.exhausted
         RETURNING m.*
@@ -380,37 +438,75 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
       ), retried AS (
         UPDATE ${message} AS m
         SET state = 'scheduled', visible_at = now() + ${options.retryInSeconds} * interval '1 second',
-            vt = NULL, claimed_by = NULL, last_error = ${options.error}
+            vt = NULL, claimed_by = NULL, claim_token = NULL, last_error = ${options.error},
+            max_attempts = m.max_attempts + ${options.spare}
         FROM target t WHERE m.msg_id = t.msg_id AND NOT t.exhausted
         RETURNING m.msg_id
       )
-      SELECT (SELECT count(*) FROM buried)::int AS dead, (SELECT count(*) FROM retried)::int AS retried`
-    const result: FailResult = row!.dead > 0 ? "dead-lettered" : row!.retried > 0 ? "retried" : "stale"
-    return result
-  })
+      SELECT (SELECT count(*) FROM buried)::int AS dead, (SELECT count(*) FROM retried)::int AS retried`.pipe(
+      Effect.map(([row]): FailResult => row!.dead > 0 ? "dead-lettered" : row!.retried > 0 ? "retried" : "stale")
+    )
+
+  /**
+   * A failed attempt: retry after `retryInSeconds` (state scheduled), or move to dead_letter when the
+   * attempts are exhausted or `deadLetter` is forced. One statement; "stale" if the fence did not match.
+   */
+  const fail = Effect.fn("Queue.fail")(function*(
+    attempt: Attempt,
+    options: { readonly error: string; readonly retryInSeconds: number; readonly deadLetter?: boolean }
+  ) {
+    const exhausted = sql`(m.read_ct >= m.max_attempts OR ${options.deadLetter ?? false})`
+    return yield* settleFailure(attempt, exhausted, { ...options, spare: 0 })
+  }, (effect) => bounded(effect))
+
+  /**
+   * Put an attempt off without spending its budget (a task this worker does not know yet, during a rolling
+   * deploy): scheduled again after `retryInSeconds` until `budgetSeconds` after the enqueue (server clock),
+   * then dead-lettered with `error`.
+   */
+  const defer = Effect.fn("Queue.defer")(function*(
+    attempt: Attempt,
+    options: { readonly error: string; readonly retryInSeconds: number; readonly budgetSeconds: number }
+  ) {
+    const exhausted = sql`(m.enqueued_at + ${options.budgetSeconds} * interval '1 second' <= now())`
+    const result = yield* settleFailure(attempt, exhausted, { ...options, spare: 1 })
+    return (result === "retried" ? "deferred" : result) satisfies DeferResult
+  }, (effect) => bounded(effect))
 
   /** Move an attempt to dead_letter now, with the reason. */
   const deadLetter = (attempt: Attempt, reason: string) =>
     fail(attempt, { error: reason, retryInSeconds: 0, deadLetter: true }).pipe(Effect.map((r) => r === "dead-lettered"))
 
-  /**
-   * Give attempts back (graceful shutdown): ready now. The attempt does not count against the
-   * job's budget (max_attempts grows with read_ct), and read_ct never goes back, so fences stay unique.
-   */
+  /** Ready now, without spending an attempt (max_attempts grows with read_ct; read_ct never goes back). */
+  const giveBack = sql`state = 'ready', vt = NULL, claimed_by = NULL, claim_token = NULL, visible_at = now(),
+                       max_attempts = m.max_attempts + 1`
+
+  /** Give attempts back (graceful shutdown, prefetched jobs not started). */
   const release = Effect.fn("Queue.release")(function*(attempts: ReadonlyArray<Attempt>) {
     if (attempts.length === 0) return 0
-    const { ids, readCts } = fenceIds(attempts)
-    const rows = yield* sql<{ msg_id: string }>`
+    const rows = yield* sql<{ n: number }>`
       WITH released AS (
-        UPDATE ${message} AS m
-        SET state = 'ready', vt = NULL, claimed_by = NULL, visible_at = now(), max_attempts = m.max_attempts + 1
-        FROM unnest(${ids}::bigint[], ${readCts}::int[]) AS a(msg_id, read_ct)
-        WHERE m.msg_id = a.msg_id AND m.read_ct = a.read_ct AND m.state = 'claimed'
+        UPDATE ${message} AS m SET ${giveBack} FROM ${attemptsOf(attempts)} WHERE ${fenced}
         RETURNING m.msg_id
       )
-      SELECT msg_id::text AS msg_id ${yield* relaxedCommit} FROM released`
-    return rows.length
-  })
+      SELECT count(*)::int AS n ${yield* relaxedCommit} FROM released`
+    return rows[0]!.n
+  }, (effect) => bounded(effect))
+
+  /**
+   * Give back everything `processId` still holds, known to it or not (a claim that committed while its
+   * answer was lost to an interruption). Only for a process that has stopped running jobs: its last act.
+   */
+  const releaseHeldBy = Effect.fn("Queue.releaseHeldBy")(function*(processId: string) {
+    const rows = yield* sql<{ n: number }>`
+      WITH released AS (
+        UPDATE ${message} AS m SET ${giveBack}
+        WHERE m.state = 'claimed' AND m.claimed_by = ${processId}
+        RETURNING m.msg_id
+      )
+      SELECT count(*)::int AS n ${yield* relaxedCommit} FROM released`
+    return rows[0]!.n
+  }, (effect) => bounded(effect))
 
   /** Which rows a maintenance statement may touch: some queues, and only while a leader fence holds. */
   const scopeFilter = (scope: MaintenanceScope) =>
@@ -419,22 +515,46 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
       scope.fence ?? sql`TRUE`
     ])
 
-  /** Claims whose lease expired (their worker died or stalled) become ready again. */
-  const rearmExpired = Effect.fn("Queue.rearmExpired")(function*(scope: MaintenanceScope = {}) {
-    const rows = yield* sql`
-      UPDATE ${message} SET state = 'ready', vt = NULL, claimed_by = NULL
-      WHERE state = 'claimed' AND vt <= now() AND ${scopeFilter(scope)}
-      RETURNING msg_id`
-    return rows.length
+  /**
+   * One bounded batch of a maintenance update: lock up to `limit` rows matching `where` in `order` (skipping
+   * rows others hold), then `set` them. Returns how many rows it changed; a caller loops while that is
+   * `limit`, so no statement ever touches an unbounded number of rows.
+   */
+  const maintenanceBatch = (
+    where: Statement.Fragment,
+    order: Statement.Fragment,
+    set: Statement.Fragment,
+    scope: MaintenanceScope
+  ) =>
+    sql<{ n: number }>`
+      WITH batch AS (
+        SELECT msg_id FROM ${message}
+        WHERE ${where} AND ${scopeFilter(scope)}
+        ORDER BY ${order} LIMIT ${scope.limit ?? MAINTENANCE_BATCH}
+        FOR UPDATE SKIP LOCKED
+      ), changed AS (
+        UPDATE ${message} AS m SET ${set} FROM batch WHERE m.msg_id = batch.msg_id RETURNING 1
+      )
+      SELECT count(*)::int AS n FROM changed`.pipe(Effect.map((rows) => rows[0]!.n))
+
+  /** One batch of claims whose lease expired (their worker died or stalled): ready again. */
+  const rearmExpired = Effect.fn("Queue.rearmExpired")(function*(scope?: MaintenanceScope) {
+    return yield* bounded(maintenanceBatch(
+      sql`state = 'claimed' AND vt <= now()`,
+      sql`vt`,
+      sql`state = 'ready', vt = NULL, claimed_by = NULL, claim_token = NULL`,
+      scope ?? {}
+    ))
   })
 
-  /** Delayed and backed-off jobs whose time has come become ready. */
-  const promoteDue = Effect.fn("Queue.promoteDue")(function*(scope: MaintenanceScope = {}) {
-    const rows = yield* sql`
-      UPDATE ${message} SET state = 'ready'
-      WHERE state = 'scheduled' AND visible_at <= now() AND ${scopeFilter(scope)}
-      RETURNING msg_id`
-    return rows.length
+  /** One batch of delayed and backed-off jobs whose time has come: ready. */
+  const promoteDue = Effect.fn("Queue.promoteDue")(function*(scope?: MaintenanceScope) {
+    return yield* bounded(maintenanceBatch(
+      sql`state = 'scheduled' AND visible_at <= now()`,
+      sql`visible_at`,
+      sql`state = 'ready'`,
+      scope ?? {}
+    ))
   })
 
   /** Per-queue counts for `cli status` and metrics. */
@@ -501,26 +621,43 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
    */
   const replayDeadLetters = Effect.fn("Queue.replayDeadLetters")(function*(ids?: ReadonlyArray<string>) {
     const filter = ids === undefined ? sql`TRUE` : sql`msg_id = ANY(${ids}::bigint[])`
-    const rows = yield* sql`
-      WITH revived AS (
-        DELETE FROM ${deadLetterTable} WHERE ${filter}
+    // In batches: replaying a million dead letters must not be one statement.
+    const batch = sql<{ n: number }>`
+      WITH batch AS (
+        SELECT msg_id FROM ${deadLetterTable} WHERE ${filter}
+        ORDER BY msg_id LIMIT ${MAINTENANCE_BATCH} FOR UPDATE SKIP LOCKED
+      ), revived AS (
+        DELETE FROM ${deadLetterTable} AS d USING batch WHERE d.msg_id = batch.msg_id
         RETURNING queue, task, payload, org_id, priority, max_attempts, enqueued_at, execution_id, batch_index, last_error
+      ), inserted AS (
+        INSERT INTO ${message} (queue, task, payload, org_id, priority, state, visible_at, max_attempts,
+                                enqueued_at, execution_id, batch_index, last_error)
+        SELECT queue, task, payload, org_id, priority, 'ready', now(), max_attempts, now(), execution_id,
+               batch_index, last_error FROM revived
+        RETURNING 1
       )
-      INSERT INTO ${message} (queue, task, payload, org_id, priority, state, visible_at, max_attempts,
-                              enqueued_at, execution_id, batch_index, last_error)
-      SELECT queue, task, payload, org_id, priority, 'ready', now(), max_attempts, now(), execution_id,
-             batch_index, last_error FROM revived
-      RETURNING msg_id`
-    return rows.length
+      SELECT count(*)::int AS n FROM inserted`.pipe(Effect.map((rows) => rows[0]!.n))
+    let total = 0
+    for (let n = MAINTENANCE_BATCH; n === MAINTENANCE_BATCH; total += n) n = yield* batch
+    return total
   })
 
-  /** Dead letters older than the retention window are deleted. */
-  const sweepDeadLetters = Effect.fn("Queue.sweepDeadLetters")(function*(retentionSeconds: number, fence?: Statement.Fragment) {
-    const rows = yield* sql`
-      DELETE FROM ${deadLetterTable}
-      WHERE failed_at < now() - ${retentionSeconds} * interval '1 second' AND ${fence ?? sql`TRUE`}
-      RETURNING msg_id`
-    return rows.length
+  /** One batch of dead letters older than the retention window: deleted. */
+  const sweepDeadLetters = Effect.fn("Queue.sweepDeadLetters")(function*(
+    retentionSeconds: number,
+    scope?: MaintenanceScope
+  ) {
+    const rows = yield* bounded(sql<{ n: number }>`
+      WITH batch AS (
+        SELECT msg_id FROM ${deadLetterTable}
+        WHERE failed_at < now() - ${retentionSeconds} * interval '1 second' AND ${scope?.fence ?? sql`TRUE`}
+        ORDER BY failed_at LIMIT ${scope?.limit ?? MAINTENANCE_BATCH}
+        FOR UPDATE SKIP LOCKED
+      ), swept AS (
+        DELETE FROM ${deadLetterTable} AS d USING batch WHERE d.msg_id = batch.msg_id RETURNING 1
+      )
+      SELECT count(*)::int AS n FROM swept`)
+    return rows[0]!.n
   })
 
   return {
@@ -533,8 +670,10 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
     ack,
     ackMany,
     fail,
+    defer,
     deadLetter,
     release,
+    releaseHeldBy,
     rearmExpired,
     promoteDue,
     stats,
@@ -548,9 +687,16 @@ type QueueShape = Effect.Success<ReturnType<typeof makeQueue>>
 
 export class Queue extends Context.Service<Queue, QueueShape>()("effect-pg-queue/Queue") {
   static readonly layer = (defaults: QueueDefaults) => Layer.effect(Queue, makeQueue(defaults))
-  /** The queue as the validated settings configure it (PGQ_SCHEMA, PGQ_MAX_ATTEMPTS, PGQ_NOTIFY). */
-  static readonly fromSettings = (settings: Pick<PgqSettings, "schema" | "maxAttempts" | "notify">) =>
-    Queue.layer({ schema: settings.schema, maxAttempts: settings.maxAttempts, notify: settings.notify })
+  /** The queue as the validated settings configure it (PGQ_SCHEMA, PGQ_MAX_ATTEMPTS, PGQ_NOTIFY, PGQ_STATEMENT_TIMEOUT_MS). */
+  static readonly fromSettings = (
+    settings: Pick<PgqSettings, "schema" | "maxAttempts" | "notify" | "statementTimeoutMs">
+  ) =>
+    Queue.layer({
+      schema: settings.schema,
+      maxAttempts: settings.maxAttempts,
+      notify: settings.notify,
+      statementTimeoutMs: settings.statementTimeoutMs
+    })
 }
 
 export type QueueError = SqlError.SqlError | PayloadRejected

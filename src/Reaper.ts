@@ -3,6 +3,10 @@
  * free their claims at once), sweep old dead letters. Every statement carries the leader fence, so an
  * ex-leader that was paused or partitioned changes nothing. One job failing does not stop the others.
  *
+ * Every job works in bounded batches (MAINTENANCE_BATCH rows, each batch its own short transaction, a short
+ * pause between batches, at most MAX_BATCHES per tick): the fence's share lock on the lease row lasts one
+ * batch, so the leader's own renew never waits behind a backlog of a million rows.
+ *
  * `Reaper.layer` runs the tick on a Schedule inside `Leadership`: only the leader ticks; a standby
  * campaigns. Its liveness (for /health) is the tick heartbeat while leading and the campaign heartbeat
  * while standing by, so a healthy standby answers 200 and a wedged leader answers 503.
@@ -13,7 +17,7 @@ import type { PgqSettings } from "./Config.ts"
 import type { Liveness } from "./Health.ts"
 import { Leadership, type LeadershipState, type LeaderTerm } from "./Leadership.ts"
 import { ProcessRegistry } from "./ProcessRegistry.ts"
-import { Queue } from "./Queue.ts"
+import { MAINTENANCE_BATCH, Queue } from "./Queue.ts"
 
 export interface ReaperOptions {
   readonly schema: string
@@ -22,11 +26,14 @@ export interface ReaperOptions {
   readonly leaseName?: string
   readonly leaseSeconds: number
   readonly intervalSeconds: number
+  /** The reaper's own process row: heartbeat period and stale timeout. */
   readonly processStaleSeconds: number
   readonly heartbeatSeconds: number
   readonly deadLetterRetentionSeconds: number
   /** How often the dead-letter retention sweep runs (it need not run every tick). Default 60 s. */
   readonly sweepEverySeconds?: number
+  /** Client-side bound of each maintenance statement (PGQ_STATEMENT_TIMEOUT_MS). */
+  readonly statementTimeoutMs?: number
 }
 
 /** What one leader tick did; a job that failed is named in `failures` and counted as 0. */
@@ -65,6 +72,22 @@ export class Reaper extends Context.Service<Reaper, {
   static readonly layer = (options: ReaperOptions) => Layer.effect(Reaper, makeReaper(options))
 }
 
+/** Batches one maintenance job may run in one tick (the rest waits for the next tick). */
+export const MAX_BATCHES = 50
+/** Pause between two batches of one job, so the leader's renew and other traffic get the rows in between. */
+const BATCH_PAUSE = Duration.millis(10)
+
+/** Run `batch` (one bounded statement returning the rows it changed) until it comes back short. */
+export const inBatches = <E>(batch: Effect.Effect<number, E>) =>
+  Effect.gen(function*() {
+    const total = yield* Ref.make(0)
+    yield* batch.pipe(
+      Effect.tap((n) => Ref.update(total, (t) => t + n)),
+      Effect.repeat({ schedule: Schedule.spaced(BATCH_PAUSE), while: (n) => n >= MAINTENANCE_BATCH, times: MAX_BATCHES - 1 })
+    )
+    return yield* Ref.get(total)
+  })
+
 /** One leader tick under `term`'s fence. */
 export const makeTick = Effect.fnUntraced(function*(options: ReaperOptions) {
   const queue = yield* Queue
@@ -92,9 +115,9 @@ export const makeTick = Effect.fnUntraced(function*(options: ReaperOptions) {
 
   return Effect.fnUntraced(function*(term: LeaderTerm["Service"]) {
     const scope = { fence: term.fence }
-    const rearmed = yield* job("re-arm expired claims", queue.rearmExpired(scope))
-    const promoted = yield* job("promote due jobs", queue.promoteDue(scope))
-    const prune = yield* processes.pruneStale(options.processStaleSeconds, term.fence).pipe(
+    const rearmed = yield* job("re-arm expired claims", inBatches(queue.rearmExpired(scope)))
+    const promoted = yield* job("promote due jobs", inBatches(queue.promoteDue(scope)))
+    const prune = yield* processes.pruneStale(scope).pipe(
       Effect.map((r) => ({ ...r, failed: [] as ReadonlyArray<string> })),
       Effect.catchCause((cause) =>
         Effect.logWarning("reaper: prune stale processes failed; retrying next tick", cause).pipe(
@@ -104,7 +127,7 @@ export const makeTick = Effect.fnUntraced(function*(options: ReaperOptions) {
       )
     )
     const swept = (yield* sweepDue)
-      ? yield* job("dead-letter retention sweep", queue.sweepDeadLetters(options.deadLetterRetentionSeconds, term.fence))
+      ? yield* job("dead-letter retention sweep", inBatches(queue.sweepDeadLetters(options.deadLetterRetentionSeconds, scope)))
       : { n: 0, failed: [] }
     const outcome: TickOutcome = {
       term: term.term,
@@ -197,17 +220,25 @@ export const optionsFromSettings = (settings: PgqSettings): ReaperOptions => ({
   intervalSeconds: settings.reaperIntervalSeconds,
   processStaleSeconds: settings.processStaleSeconds,
   heartbeatSeconds: settings.heartbeatSeconds,
-  deadLetterRetentionSeconds: settings.deadLetterRetentionDays * 86_400
+  deadLetterRetentionSeconds: settings.deadLetterRetentionDays * 86_400,
+  statementTimeoutMs: settings.statementTimeoutMs
 })
 
 /** The reaper with its Queue and process registration (what `dist/reaper.js` runs). */
 export const layerFromOptions = (options: ReaperOptions) =>
   Reaper.layer(options).pipe(
     Layer.provide(Layer.effectDiscard(
-      ProcessRegistry.use((registry) => registry.register({ kind: "reaper", every: options.heartbeatSeconds }))
+      ProcessRegistry.use((registry) =>
+        registry.register({ kind: "reaper", every: options.heartbeatSeconds, staleSeconds: options.processStaleSeconds })
+      )
     ).pipe(Layer.provideMerge(ProcessRegistry.layer(options.schema)))),
     // The reaper never enqueues, so it needs no wake-up announcer.
-    Layer.provide(Queue.layer({ schema: options.schema, maxAttempts: options.maxAttempts, notify: false }))
+    Layer.provide(Queue.layer({
+      schema: options.schema,
+      maxAttempts: options.maxAttempts,
+      notify: false,
+      ...(options.statementTimeoutMs === undefined ? {} : { statementTimeoutMs: options.statementTimeoutMs })
+    }))
   )
 
 export type ReaperRequirements = SqlClient.SqlClient

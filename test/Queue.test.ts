@@ -88,24 +88,24 @@ const queueSuite = (label: string, pgbouncer: boolean) =>
         const q = yield* Queue
         yield* q.enqueueMany([1, 2, 3, 4].map((i) => ({ task: "t", payload: i, options: { queue: "ride" } })))
         const [a, b] = yield* claim("ride", 2)
-        const stale = { msgId: b!.msgId, attempt: b!.attempt + 1 }
+        const stale = { msgId: b!.msgId, attempt: b!.attempt, token: "00000000-0000-4000-8000-000000000000" }
         const { acked, claimed } = yield* q.ackAndClaim(
-          [{ msgId: a!.msgId, attempt: a!.attempt }, stale],
+          [a!, stale],
           { queues: ["ride"], limit: 10, leaseSeconds: 30, processId: "p" }
         )
-        expect([...acked]).toEqual([a!.msgId])
+        expect([...acked]).toEqual([a!.token])
         expect(claimed).toHaveLength(2)
         const left = yield* rows("ride")
         expect(left.map((r) => r.msg_id)).toEqual([b!.msgId, ...claimed.map((j) => j.msgId)])
         // With nothing to claim it still acks.
-        const rest = yield* q.ackAndClaim(claimed.map((j) => ({ msgId: j.msgId, attempt: j.attempt })), {
+        const rest = yield* q.ackAndClaim(claimed, {
           queues: ["ride"], limit: 10, leaseSeconds: 30, processId: "p"
         })
         expect(rest.acked.size).toBe(2)
         expect(rest.claimed).toEqual([])
       }))
 
-    it.effect("claims and acks commit asynchronously on their own, never inside a host transaction", () =>
+    it.effect("the relaxed commit mode never leaks into a host transaction or the session", () =>
       Effect.gen(function*() {
         const q = yield* Queue
         const sql = yield* SqlClient.SqlClient
@@ -120,8 +120,57 @@ const queueSuite = (label: string, pgbouncer: boolean) =>
         expect(inHost[1]).toBe("on")
         // On its own the setting is local to the claim's own transaction: the session keeps its default.
         const [job] = yield* claim("commit", 1)
-        expect(yield* q.ack({ msgId: job!.msgId, attempt: job!.attempt })).toBe(true)
+        expect(yield* q.ack(job!)).toBe(true)
         expect(yield* commitMode).toBe("on")
+      }))
+
+    it.effect("claims commit asynchronously inside their own transaction (seen by a statement trigger)", () =>
+      Effect.gen(function*() {
+        const q = yield* Queue
+        const sql = yield* SqlClient.SqlClient
+        const { schema } = yield* TestSchema
+        // An AFTER STATEMENT trigger runs inside the claim's transaction, after the claim set its commit mode.
+        yield* sql.unsafe(`CREATE TABLE "${schema}".commit_seen (mode text)`)
+        yield* sql.unsafe(`CREATE FUNCTION "${schema}".record_commit_mode() RETURNS trigger LANGUAGE plpgsql AS $$
+          BEGIN INSERT INTO "${schema}".commit_seen VALUES (current_setting('synchronous_commit')); RETURN NULL; END $$`)
+        yield* sql.unsafe(`CREATE TRIGGER record_commit_mode AFTER UPDATE ON "${schema}".message
+          FOR EACH STATEMENT EXECUTE FUNCTION "${schema}".record_commit_mode()`)
+        const seen = sql<{ mode: string }>`DELETE FROM ${sql(`${schema}.commit_seen`)} RETURNING mode`.pipe(
+          Effect.map((rows) => rows.map((r) => r.mode))
+        )
+        yield* Effect.ensuring(
+          Effect.gen(function*() {
+            yield* q.enqueueMany([1, 2].map((i) => ({ task: "t", payload: i, options: { queue: "commit-seen" } })))
+            yield* seen
+            yield* claim("commit-seen", 1)
+            expect(yield* seen).toEqual(["off"])
+            yield* sql.withTransaction(claim("commit-seen", 1))
+            expect(yield* seen).toEqual(["on"])
+          }),
+          sql.unsafe(`DROP TRIGGER record_commit_mode ON "${schema}".message`).pipe(Effect.orDie)
+        )
+      }))
+
+    it.effect("a claim undone by a database crash: the next claim of the job gets a fence of its own", () =>
+      Effect.gen(function*() {
+        const q = yield* Queue
+        const sql = yield* SqlClient.SqlClient
+        const { schema } = yield* TestSchema
+        const id = yield* q.enqueue("t", {}, { queue: "undone" })
+        const [lost] = yield* claim("undone", 1)
+        // What crash recovery leaves when the asynchronously committed claim never reached the WAL on disk:
+        // the row exactly as before the claim (the worker that got the claim keeps running it).
+        yield* sql`UPDATE ${sql(`${schema}.message`)}
+                   SET state = 'ready', read_ct = read_ct - 1, vt = NULL, claimed_by = NULL, claim_token = NULL
+                   WHERE msg_id = ${id}::bigint`
+        const [next] = yield* claim("undone", 1)
+        expect(next!.attempt).toBe(lost!.attempt)
+        expect(yield* q.ack(lost!)).toBe(false)
+        expect((yield* q.extend([lost!], 30)).size).toBe(0)
+        expect(yield* q.fail(lost!, { error: "zombie", retryInSeconds: 0 })).toBe("stale")
+        expect(yield* q.release([lost!])).toBe(0)
+        expect((yield* q.extend([next!], 30)).has(next!.token)).toBe(true)
+        expect(yield* q.ack(next!)).toBe(true)
       }))
 
     it.effect("a delayed job is invisible until due, then promoted", () =>
@@ -138,7 +187,7 @@ const queueSuite = (label: string, pgbouncer: boolean) =>
     it.effect("a stale attempt can neither ack, extend, fail nor release a newer one", () =>
       Effect.gen(function*() {
         const q = yield* Queue
-        const id = yield* q.enqueue("t", {}, { queue: "fence" })
+        yield* q.enqueue("t", {}, { queue: "fence" })
         const [first] = yield* claim("fence", 1)
         yield* age("vt", 60)
         expect(yield* q.rearmExpired({ queues: ["fence"] })).toBe(1)
@@ -150,7 +199,7 @@ const queueSuite = (label: string, pgbouncer: boolean) =>
         expect(yield* q.release([first!])).toBe(0)
         expect(yield* q.deadLetter(first!, "zombie")).toBe(false)
         // The newer attempt is untouched and can complete.
-        expect((yield* q.extend([second!], 30)).has(id)).toBe(true)
+        expect((yield* q.extend([second!], 30)).has(second!.token)).toBe(true)
         expect(yield* q.ack(second!)).toBe(true)
       }))
 
@@ -244,6 +293,9 @@ const queueSuite = (label: string, pgbouncer: boolean) =>
           [{ ok: 1 }, { priority: 2.5 }, "priority", /1\.\.10/],
           [{ ok: 1 }, { maxAttempts: 0 }, "maxAttempts", /positive/],
           [{ ok: 1 }, { queue: "" }, "queue", /non-empty/],
+          // A name PGQ_QUEUES could never list: one rule for both (Names.ts).
+          [{ ok: 1 }, { queue: "my queue" }, "queue", /A-Z a-z 0-9/],
+          [{ ok: 1 }, { queue: "emails,reports" }, "queue", /A-Z a-z 0-9/],
           [{ ok: 1 }, { delay: -5 }, "delay", /non-negative/]
         ]
         for (const [payload, options, field, reason] of cases) {

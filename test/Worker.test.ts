@@ -1,6 +1,7 @@
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Ref, Schedule, Schema, Scope } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Metric, Ref, Schedule, Schema, Scope } from "effect"
 import { SqlClient } from "effect/sql"
+import * as Metrics from "../src/Metrics.ts"
 import { ProcessRegistry } from "../src/ProcessRegistry.ts"
 import { Queue } from "../src/Queue.ts"
 import * as Task from "../src/Task.ts"
@@ -53,6 +54,35 @@ const deadLetters = (queue: string) =>
     return yield* sql.unsafe<{ task: string; last_error: string; read_ct: number }>(
       `SELECT task, last_error, read_ct FROM "${schema}".dead_letter WHERE queue = '${queue}' ORDER BY msg_id`
     )
+  })
+
+/**
+ * A real stall: the server prunes the worker (as a reaper would, once its heartbeat is 3 s old) while this
+ * process's event loop is blocked for 4.5 s, like a long GC pause. The prune runs on the server during the
+ * block (one DO statement sent before it), so the worker finds out only after it resumes.
+ */
+const stallThroughPrune = (schema: string) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const sent = yield* Deferred.make<void>()
+    yield* Effect.forkChild(
+      Deferred.succeed(sent, undefined).pipe(Effect.andThen(sql.unsafe(`DO $$ BEGIN
+        PERFORM pg_sleep(3.5);
+        WITH dead AS (
+          DELETE FROM "${schema}".process WHERE heartbeat_at < clock_timestamp() - interval '3 seconds'
+          RETURNING process_id)
+        UPDATE "${schema}".message SET state = 'ready', vt = NULL, claimed_by = NULL
+        WHERE state = 'claimed' AND claimed_by IN (SELECT process_id FROM dead);
+      END $$`)))
+    )
+    yield* Deferred.await(sent)
+    yield* Effect.sleep("50 millis") // let the DO statement reach the server before the loop blocks
+    yield* Effect.sync(() => {
+      const until = Date.now() + 4500
+      while (Date.now() < until) {
+        // the event loop is blocked: no heartbeat, no renewal, no poll
+      }
+    })
   })
 
 /** Poll a condition (database state) until it holds; the test's own timeout bounds it. */
@@ -135,7 +165,7 @@ layer(testDb("worker", { maxConnections: 12 }), { excludeTestServices: true })("
       ])
     }))
 
-  it.effect("unknown tasks and undecodable payloads go to the dead-letter table with the reason", () =>
+  it.effect("undecodable payloads go to the dead-letter table with the reason", () =>
     Effect.gen(function*() {
       const typed = Task.define({
         name: "typed",
@@ -143,7 +173,6 @@ layer(testDb("worker", { maxConnections: 12 }), { excludeTestServices: true })("
         handler: () => Effect.void
       })
       const q = yield* Queue
-      yield* q.enqueue("nobody-knows-me", {}, { queue: "poison" })
       yield* q.enqueue("typed", { id: "not a number" }, { queue: "poison" })
       yield* withWorker(
         Task.registry(typed),
@@ -151,11 +180,37 @@ layer(testDb("worker", { maxConnections: 12 }), { excludeTestServices: true })("
         eventually(rows("queue = 'poison'"), (r) => r.length === 0)
       )
       const dead = yield* deadLetters("poison")
-      expect(dead.map((d) => d.task)).toEqual(["nobody-knows-me", "typed"])
-      expect(dead[0]!.last_error).toContain('unknown task "nobody-knows-me"')
-      expect(dead[1]!.last_error).toContain("payload does not match the schema of task typed")
-      expect(dead.map((d) => d.read_ct)).toEqual([1, 1])
+      expect(dead.map((d) => d.task)).toEqual(["typed"])
+      expect(dead[0]!.last_error).toContain("payload does not match the schema of task typed")
+      expect(dead.map((d) => d.read_ct)).toEqual([1])
     }))
+
+  it.effect("an unknown task is put off with backoff (a rolling deploy), then dead-lettered after the grace", () =>
+    Effect.gen(function*() {
+      const known = Task.define({ name: "known", payload: Schema.Struct({}), handler: () => Effect.void })
+      const q = yield* Queue
+      const sql = yield* SqlClient.SqlClient
+      const { schema } = yield* TestSchema
+      const id = yield* q.enqueue("from-the-next-release", {}, { queue: "rolling", maxAttempts: 1 })
+      yield* withWorker(
+        Task.registry(known),
+        (s) => options(s, "rolling", { unknownTaskGraceSeconds: 600 }),
+        Effect.gen(function*() {
+          const [deferred] = yield* eventually(rows(`msg_id = ${id}`), (r) => r[0]?.state !== "ready" && r[0]?.state !== "claimed")
+          // Put off, not buried: its attempt budget untouched, the reason recorded.
+          expect(deferred).toMatchObject({ state: "scheduled", read_ct: 1 })
+          expect(deferred!.last_error).toContain('unknown task "from-the-next-release"')
+          expect(yield* deadLetters("rolling")).toEqual([])
+          // The grace runs out (by the server clock, from the enqueue): the next attempt buries it.
+          yield* sql.unsafe(`UPDATE "${schema}".message SET enqueued_at = now() - interval '1 hour',
+                                                           visible_at = now() WHERE msg_id = ${id}`)
+          yield* eventually(rows(`msg_id = ${id}`), (r) => r.length === 0)
+        })
+      )
+      const dead = yield* deadLetters("rolling")
+      expect(dead).toHaveLength(1)
+      expect(dead[0]!.last_error).toContain('unknown task "from-the-next-release"')
+    }), { timeout: 30_000 })
 
   it.effect("lease renewal keeps a long job invisible with a short lease", () =>
     Effect.gen(function*() {
@@ -280,6 +335,155 @@ layer(testDb("worker", { maxConnections: 12 }), { excludeTestServices: true })("
       const after = yield* rows("queue = 'prefetch'")
       expect(after.map((r) => r.state)).toEqual(Array(6).fill("ready"))
       expect(yield* Ref.get(started)).toBe(2)
+    }), { timeout: 30_000 })
+
+  it.effect("shutdown at any moment never strands a claim: nothing stays claimed by the closed worker", () =>
+    Effect.gen(function*() {
+      const { schema } = yield* TestSchema
+      const sql = yield* SqlClient.SqlClient
+      const noop = Task.define({ name: "noop", payload: Schema.Struct({}), handler: () => Effect.void })
+      const q = yield* Queue
+      const claimed = sql<{ n: number }>`
+        SELECT count(*)::int AS n FROM ${sql(`${schema}.message`)} WHERE queue = 'strand' AND state = 'claimed'`
+      // Close the worker at moments spread over its first claims (the window the review hit "in most runs").
+      for (const closeAfterMs of [30, 45, 60, 75, 90, 105, 120, 135, 150]) {
+        yield* sql`DELETE FROM ${sql(`${schema}.message`)} WHERE queue = 'strand'`
+        yield* q.enqueueMany(Array.from({ length: 300 }, () => ({ task: "noop", payload: {}, options: { queue: "strand" } })))
+        const scope = yield* Scope.make()
+        yield* Layer.buildWithScope(
+          Worker.layer(Task.registry(noop), options(schema, "strand", { concurrency: 4 })).pipe(
+            Layer.provide(ProcessRegistry.layer(schema))
+          ),
+          scope
+        )
+        yield* Effect.sleep(Duration.millis(closeAfterMs))
+        yield* Scope.close(scope, Exit.void)
+        expect((yield* claimed)[0]!.n, `closed after ${closeAfterMs} ms`).toBe(0)
+      }
+    }), { timeout: 60_000 })
+
+  it.effect("a live worker that was pruned stops the attempt it lost before it runs the job again", () =>
+    Effect.gen(function*() {
+      const { schema } = yield* TestSchema
+      const running = yield* Ref.make(0)
+      const mostAtOnce = yield* Ref.make(0)
+      const starts = yield* Ref.make<ReadonlyArray<number>>([])
+      const gate = yield* Deferred.make<void>()
+      const long = Task.define({
+        name: "long-stalled",
+        payload: Schema.Struct({}),
+        handler: (_payload, job) =>
+          Effect.gen(function*() {
+            yield* Ref.update(starts, (xs) => [...xs, job.attempt])
+            const now = yield* Ref.updateAndGet(running, (n) => n + 1)
+            yield* Ref.update(mostAtOnce, (n) => Math.max(n, now))
+            yield* Deferred.await(gate)
+          }).pipe(Effect.ensuring(Ref.update(running, (n) => n - 1)))
+      })
+      const q = yield* Queue
+      const id = yield* q.enqueue("long-stalled", {}, { queue: "stalled" })
+      yield* withWorker(
+        Task.registry(long),
+        (s) => options(s, "stalled", { concurrency: 4, heartbeatSeconds: 1, processStaleSeconds: 3 }),
+        Effect.gen(function*() {
+          yield* eventually(Ref.get(starts), (xs) => xs.length === 1)
+          yield* stallThroughPrune(schema)
+          yield* eventually(Ref.get(starts), (xs) => xs.length === 2)
+          yield* Deferred.succeed(gate, undefined)
+          yield* eventually(rows(`msg_id = ${id}`), (r) => r.length === 0)
+        })
+      )
+      expect(yield* Ref.get(starts)).toEqual([1, 2])
+      // Never two attempts of the job at once in the same process.
+      expect(yield* Ref.get(mostAtOnce)).toBe(1)
+      expect(yield* deadLetters("stalled")).toEqual([])
+    }), { timeout: 30_000 })
+
+  it.effect("a pruned worker never starts the prefetched jobs it lost; each runs once, on its new claim", () =>
+    Effect.gen(function*() {
+      const { schema } = yield* TestSchema
+      const starts = yield* Ref.make<ReadonlyArray<string>>([])
+      const gate = yield* Deferred.make<void>()
+      const first = yield* Deferred.make<void>()
+      const step = Task.define({
+        name: "step",
+        payload: Schema.Struct({ block: Schema.Boolean }),
+        handler: ({ block }, job) =>
+          Ref.update(starts, (xs) => [...xs, `${job.msgId}/${job.attempt}`]).pipe(
+            Effect.andThen(block ? Deferred.succeed(first, undefined).pipe(Effect.andThen(Deferred.await(gate))) : Effect.void)
+          )
+      })
+      const q = yield* Queue
+      const blocker = yield* q.enqueue("step", { block: true }, { queue: "lost-prefetch", priority: 10 })
+      const waiting = yield* q.enqueueMany([0, 1].map(() => ({ task: "step", payload: { block: false }, options: { queue: "lost-prefetch" } })))
+      yield* withWorker(
+        Task.registry(step),
+        (s) => options(s, "lost-prefetch", { concurrency: 1, prefetch: 2, heartbeatSeconds: 1, processStaleSeconds: 3 }),
+        Effect.gen(function*() {
+          const worker = yield* Worker
+          yield* Deferred.await(first)
+          yield* eventually(worker.status, (s) => s.inFlight === 1 && s.prefetched === 2)
+          yield* stallThroughPrune(schema)
+          yield* Deferred.succeed(gate, undefined)
+          yield* eventually(rows("queue = 'lost-prefetch'"), (r) => r.length === 0)
+        })
+      )
+      const ran = yield* Ref.get(starts)
+      for (const id of waiting) expect(ran.filter((s) => s.startsWith(`${id}/`)), `job ${id}`).toHaveLength(1)
+      expect(ran.filter((s) => s.startsWith(`${blocker}/`)).length).toBeGreaterThanOrEqual(1)
+      expect(yield* deadLetters("lost-prefetch")).toEqual([])
+    }), { timeout: 30_000 })
+
+  it.effect("a busy worker still promotes due jobs on its own schedule, not only when its backlog is gone", () =>
+    Effect.gen(function*() {
+      const done = yield* Ref.make(0)
+      const doneWhenDueJobRan = yield* Deferred.make<number>()
+      const busy = Task.define({
+        name: "busy",
+        payload: Schema.Struct({}),
+        handler: () => Effect.sleep("30 millis").pipe(Effect.andThen(Ref.update(done, (n) => n + 1)))
+      })
+      const due = Task.define({
+        name: "due",
+        payload: Schema.Struct({}),
+        handler: () => Ref.get(done).pipe(Effect.flatMap((n) => Deferred.succeed(doneWhenDueJobRan, n)))
+      })
+      const q = yield* Queue
+      const backlog = 100
+      yield* q.enqueueMany(Array.from({ length: backlog }, () => ({ task: "busy", payload: {}, options: { queue: "busy" } })))
+      yield* q.enqueue("due", {}, { queue: "busy", delay: "300 millis", priority: 10 })
+      const ranAfter = yield* withWorker(
+        Task.registry(busy, due),
+        (s) => options(s, "busy", { concurrency: 1 }),
+        Deferred.await(doneWhenDueJobRan)
+      )
+      // It ran while most of the 3 s backlog was still waiting, not after it.
+      expect(ranAfter).toBeLessThan(backlog / 2)
+    }), { timeout: 60_000 })
+
+  it.effect("the in-flight gauge counts the jobs running now", () =>
+    Effect.gen(function*() {
+      const gate = yield* Deferred.make<void>()
+      const started = yield* Ref.make(0)
+      const held = Task.define({
+        name: "gauged",
+        payload: Schema.Struct({}),
+        handler: () => Ref.update(started, (n) => n + 1).pipe(Effect.andThen(Deferred.await(gate)))
+      })
+      const q = yield* Queue
+      yield* q.enqueueMany([0, 1, 2].map(() => ({ task: "gauged", payload: {}, options: { queue: "gauge" } })))
+      const inFlight = Metric.value(Metrics.inFlight).pipe(Effect.map((s) => s.value))
+      yield* withWorker(
+        Task.registry(held),
+        (s) => options(s, "gauge"),
+        Effect.gen(function*() {
+          yield* eventually(Ref.get(started), (n) => n === 3)
+          expect(yield* inFlight).toBe(3)
+          yield* Deferred.succeed(gate, undefined)
+          yield* eventually(rows("queue = 'gauge'"), (r) => r.length === 0)
+          yield* eventually(inFlight, (n) => n === 0)
+        })
+      )
     }), { timeout: 30_000 })
 })
 

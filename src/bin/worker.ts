@@ -22,11 +22,14 @@ const program = Effect.gen(function*() {
       reason: "values above 1 need the prefork supervisor, which is not built yet; run one worker per process"
     })
   }
+  // Two pools: the handlers' (one connection per slot, plus the LISTEN session), and a small one of the
+  // worker's own statements, so handler queries never delay a renewal, an ack or a heartbeat.
+  const runtime = databaseLayer(settings, "pgq-worker-runtime", 5)
   yield* Effect.gen(function*() {
     if (settings.autoMigrate) yield* migrate(settings.schema)
-    yield* Worker.serve(tasks, settings)
+    yield* Worker.serve(tasks, settings, runtime)
   }).pipe(
-    Effect.provide(databaseLayer(settings, "pgq-worker", Math.min(50, settings.concurrency + 4))),
+    Effect.provide(databaseLayer(settings, "pgq-worker", Math.min(50, settings.concurrency + 2))),
     Effect.provide(loggerLayer(settings.logFormat))
   )
 })
