@@ -395,7 +395,13 @@ const killLeader = (h: Harness, reapers: Ref.Ref<ReadonlyArray<Child>>) =>
     const leader = (yield* Ref.get(reapers)).find((r) => r.pid === pid)
     if (leader === undefined) return yield* skip(`lease holder ${rows[0]!.holder} is not a live reaper of this run`)
     yield* replace(h, reapers, leader)
-  })
+  }).pipe(
+    // A failed look-up skips one kill instead of ending the run.
+    Effect.catchTag("SqlError", (error) =>
+      Effect.sync(() => {
+        h.skippedLeaderKills.push({ atSeconds: elapsed(h), reason: `lease look-up failed: ${error.message}` })
+      }))
+  )
 
 // ---------------------------------------------------------------------------------------------------------------
 // The run
@@ -420,7 +426,7 @@ const runFleet = (h: Harness) =>
       concurrency: "unbounded",
       discard: true
     })
-    yield* say(`chaos: fleet up after ${elapsed(h).toFixed(1)} s; killing`)
+    yield* say(`chaos: fleet up after ${elapsed(h).toFixed(1)} s`)
 
     const drained = countMessages(settings.schema).pipe(
       Effect.repeat({ schedule: Schedule.spaced("100 millis"), until: (m) => m.total === 0 }),
