@@ -1,10 +1,10 @@
 import { expect, layer } from "@effect/vitest"
-import { Effect, Layer, Option } from "effect"
+import { Context, Effect, Layer, Option, Schedule } from "effect"
 import { SqlClient } from "effect/sql"
 import { makeLeaderLease } from "../src/LeaderLease.ts"
 import { ProcessRegistry } from "../src/ProcessRegistry.ts"
 import { Queue } from "../src/Queue.ts"
-import { makeTick, type ReaperOptions } from "../src/Reaper.ts"
+import { makeTick, Reaper, type ReaperOptions } from "../src/Reaper.ts"
 import { TestSchema, testDb } from "./support.ts"
 
 const options = (schema: string): ReaperOptions => ({
@@ -64,6 +64,10 @@ const termFor = (schema: string, holder: string, free = true) =>
     return { name: "reaper-test", holder, term: value, fence: lease.fence("reaper-test", holder, value) }
   })
 
+/** Poll a condition until it holds; the test's own timeout bounds it. */
+const eventually = <A, E, R>(check: Effect.Effect<A, E, R>, until: (a: A) => boolean) =>
+  check.pipe(Effect.repeat({ schedule: Schedule.spaced("100 millis"), until }))
+
 const providers = Layer.unwrap(
   TestSchema.use(({ schema }) => Effect.succeed(ProcessRegistry.layer(schema)))
 )
@@ -117,4 +121,41 @@ layer(providers.pipe(Layer.provideMerge(testDb("reaper"))), { excludeTestService
       expect(outcome.failures).toEqual(["prune stale processes"])
       expect(outcome).toMatchObject({ rearmed: 1, promoted: 1, pruned: 0, released: 0, swept: 1 })
     }))
+
+  it.effect("each process is judged stale by its own heartbeat settings, never by the pruner's", () =>
+    Effect.gen(function*() {
+      const { schema } = yield* TestSchema
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`DELETE FROM ${sql(`${schema}.process`)}`
+      // Both silent for 20 s: long for a 1 s heartbeat, nothing for a 15 s one (stale after 45 s).
+      yield* sql`INSERT INTO ${sql(`${schema}.process`)} (process_id, kind, host, pid, heartbeat_at, heartbeat_seconds, stale_seconds)
+                 VALUES ('patient', 'worker', 'h', 1, now() - interval '20 seconds', 15, 45),
+                        ('hasty', 'worker', 'h', 2, now() - interval '20 seconds', 1, 3)`
+      const tick = yield* makeTick(options(schema))
+      expect(yield* tick(yield* termFor(schema, "leader-c"))).toMatchObject({ pruned: 1 })
+      const left = yield* sql<{ process_id: string }>`SELECT process_id FROM ${sql(`${schema}.process`)}`
+      expect(left.map((p) => p.process_id)).toEqual(["patient"])
+    }))
+
+  it.effect("a backlog of 200,000 due jobs is promoted in bounded batches while the leader keeps its lease", () =>
+    Effect.gen(function*() {
+      const { schema } = yield* TestSchema
+      const sql = yield* SqlClient.SqlClient
+      const m = sql(`${schema}.message`)
+      yield* sql`DELETE FROM ${m}`
+      yield* sql`INSERT INTO ${m} (queue, task, payload, state, visible_at)
+                 SELECT 'backlog', 't', '{}'::jsonb, 'scheduled', now() - interval '1 second'
+                 FROM generate_series(1, 200000)`
+      const scheduled = sql<{ n: number }>`SELECT count(*)::int AS n FROM ${m} WHERE state = 'scheduled'`.pipe(
+        Effect.map((rows) => rows[0]!.n)
+      )
+      // A short lease and a tick every second: an unbounded promote holds the fence's share lock on the
+      // lease row past the renew's deadline, so every term ends "renew timed out" and nothing is promoted.
+      const reaper = yield* Layer.build(Reaper.layer({ ...options(schema), leaseName: "backlog", leaseSeconds: 2, intervalSeconds: 1 }))
+      const leadership = Context.get(reaper, Reaper).leadership
+      yield* eventually(scheduled, (n) => n === 0)
+      const state = yield* leadership
+      expect(state).toMatchObject({ isLeader: true, losses: 0, acquisitions: 1 })
+      yield* sql`DELETE FROM ${m}`
+    }), { timeout: 120_000 })
 })
