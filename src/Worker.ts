@@ -60,6 +60,8 @@ export interface WorkerStatus {
   /** Claimed jobs waiting in the local prefetch buffer for a free slot. */
   readonly prefetched: number
   readonly secondsSinceLastPoll: number
+  /** Poll cycles so far (a full worker still polls, waiting at most `pollMaxMs` for a slot). */
+  readonly polls: number
   readonly processed: number
 }
 
@@ -140,6 +142,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
   let draining = false
   const lastPollAt = yield* Ref.make(yield* Clock.currentTimeMillis)
   const processed = yield* Ref.make(0)
+  const polls = yield* Ref.make(0)
   const slotFreed = yield* Q.sliding<void>(1)
   const wakeups = yield* Q.sliding<void>(1)
   const acks = yield* Q.unbounded<Attempt>()
@@ -359,6 +362,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
    */
   const poll = Effect.gen(function*() {
     yield* Ref.set(lastPollAt, yield* Clock.currentTimeMillis)
+    yield* Ref.update(polls, (n) => n + 1)
     const free = room()
     if (free <= 0) {
       yield* Q.take(slotFreed).pipe(Effect.timeoutOption(Duration.millis(options.pollMaxMs)))
@@ -498,6 +502,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
       inFlight: started,
       prefetched: held.size - started,
       secondsSinceLastPoll: (now - (yield* Ref.get(lastPollAt))) / 1000,
+      polls: yield* Ref.get(polls),
       processed: yield* Ref.get(processed)
     }
   })
