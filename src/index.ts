@@ -1,6 +1,7 @@
 /** effect-pg-queue: what a host app imports. */
 export * as Config from "./Config.ts"
 export * as Database from "./Database.ts"
+export * as Embedded from "./Embedded.ts"
 export * as ErrorText from "./ErrorText.ts"
 export * from "./Errors.ts"
 export * as Health from "./Health.ts"

