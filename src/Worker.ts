@@ -102,6 +102,12 @@ type Disposition = Outcome | { readonly _tag: "Deferred"; readonly reason: strin
 /** How long a finished job's ack may wait for a claim to ride along with before it is sent on its own. */
 const ACK_GATHER = Duration.millis(5)
 
+/** Pause before acks that could not be written are tried again. */
+const ACK_RETRY = Duration.millis(500)
+
+/** Recording an outcome (fail, dead-letter, defer) is retried through a brief outage: fenced, so safe. */
+const SETTLE_RETRY = { schedule: Schedule.exponential(Duration.millis(200)), times: 5 }
+
 /** Backoff of a job whose task this worker does not know: 5 s doubling to 5 minutes. */
 const UNKNOWN_TASK_BACKOFF = { baseSeconds: 5, maxSeconds: 300 }
 
@@ -268,7 +274,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
           if (entry !== undefined) entry.settling = true
         })
       ),
-      Effect.flatMap((outcome) => settle(job, outcome)),
+      Effect.flatMap((outcome) => settle(job, outcome).pipe(Effect.retry(SETTLE_RETRY))),
       Effect.catchCause((cause) => Effect.logError(`job ${job.msgId} (${job.task}): could not record its outcome`, cause)),
       Effect.annotateLogs({ msg_id: job.msgId, task: job.task, attempt: job.attempt })
     )
@@ -424,7 +430,19 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
   const acker = yield* Q.take(acksWaiting).pipe(
     Effect.delay(acksRide ? ACK_GATHER : Duration.zero),
     // Uninterruptible once taken: shutdown waits for this flush instead of losing the acks it holds.
-    Effect.andThen(Effect.uninterruptible(Q.clear(acks).pipe(Effect.flatMap(flushAcks)))),
+    Effect.andThen(Effect.uninterruptible(Q.clear(acks).pipe(
+      Effect.flatMap((left) =>
+        flushAcks(left).pipe(
+          // The database is away (a restart, a killed connection): keep them and try again shortly. The
+          // fence makes a retry safe; an attempt whose lease ran out meanwhile is refused, never acked twice.
+          Effect.flatMap((written) =>
+            written
+              ? Effect.void
+              : Q.offerAll(acks, left).pipe(Effect.andThen(Q.offer(acksWaiting, undefined)), Effect.delay(ACK_RETRY))
+          )
+        )
+      )
+    ))),
     Effect.forever,
     Effect.forkScoped
   )
