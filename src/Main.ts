@@ -65,10 +65,11 @@ const teardown = (program: string, verbose: boolean): Runtime.Teardown => (exit,
 }
 
 /** PGQ_LOG_LEVEL on its own, so it applies even when the rest of the configuration is invalid. */
-const logLevel = (): LogLevel.LogLevel => Effect.runSync(logLevelFrom(process.env).pipe(Effect.orElseSucceed(() => "Info" as const)))
+const logLevel = (): LogLevel.LogLevel =>
+  Effect.runSync(logLevelFrom(process.env).pipe(Effect.orElseSucceed(() => "Info" as const)))
 
 /**
- * Run an entrypoint (`program` names it in reports: `pgq-worker` for dist/worker.js). An expected failure
+ * Run an entrypoint; `name` starts its failure report (`pgq-worker` for dist/worker.js). An expected failure
  * prints one line and exits 1; at PGQ_LOG_LEVEL=debug or trace, and for defects, the whole cause is printed.
  */
 export const runMain = <E>(
