@@ -17,6 +17,34 @@ const Task: typeof import("../src/Task.ts") = await import(lib === undefined ? "
 
 const schema = process.env.PGQ_SCHEMA ?? "pgq_chaos"
 
+/**
+ * The side tables (the harness's, and the tests' that reuse these tasks). `alongside` counts the runs of the
+ * same job already running in the same process when this run started: it must always be 0.
+ */
+export const chaosTables = (schema: string): ReadonlyArray<string> => [
+  `CREATE TABLE "${schema}".chaos_job (msg_id bigint PRIMARY KEY)`,
+  `CREATE TABLE "${schema}".chaos_run (
+    run_id      integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    msg_id      bigint      NOT NULL,
+    attempt     integer     NOT NULL,
+    pid         integer     NOT NULL,
+    alongside   integer     NOT NULL DEFAULT 0,
+    started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz
+  )`,
+  `CREATE INDEX ON "${schema}".chaos_run (msg_id, attempt)`
+]
+
+/** Runs of each job in this process right now. */
+const runningHere = new Map<string, number>()
+const track = (msgId: string, delta: number) =>
+  Effect.sync(() => {
+    const now = (runningHere.get(msgId) ?? 0) + delta
+    if (now === 0) runningHere.delete(msgId)
+    else runningHere.set(msgId, now)
+    return now - delta
+  })
+
 export const chaosJob = Task.define({
   name: "chaos.job",
   payload: Schema.Struct({ i: Schema.Number, ms: Schema.Number }),
@@ -24,12 +52,14 @@ export const chaosJob = Task.define({
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
       const runs = sql(`${schema}.chaos_run`)
+      const alongside = yield* track(job.msgId, 1)
       const [run] = yield* sql<{ run_id: number }>`
-        INSERT INTO ${runs} (msg_id, attempt, pid) VALUES (${job.msgId}::bigint, ${job.attempt}, ${process.pid})
+        INSERT INTO ${runs} (msg_id, attempt, pid, alongside)
+        VALUES (${job.msgId}::bigint, ${job.attempt}, ${process.pid}, ${alongside})
         RETURNING run_id`
       yield* Effect.sleep(Duration.millis(ms))
       yield* sql`UPDATE ${runs} SET finished_at = clock_timestamp() WHERE run_id = ${run!.run_id}`
-    })
+    }).pipe(Effect.ensuring(track(job.msgId, -1)))
 })
 
 export default Task.registry(chaosJob)

@@ -31,6 +31,7 @@ import * as Database from "../src/Database.ts"
 import { InvalidConfig } from "../src/Errors.ts"
 import { migrate } from "../src/Migrations.ts"
 import { type JobSpec, Queue } from "../src/Queue.ts"
+import { chaosTables } from "./chaos-tasks.ts"
 
 const root = new URL("..", import.meta.url).pathname
 const JSON_OUTPUT = process.argv.includes("--json")
@@ -174,17 +175,7 @@ const prepareSchema = Effect.fnUntraced(function*(schema: string) {
   const sql = yield* SqlClient.SqlClient
   yield* sql.unsafe(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`)
   yield* migrate(schema)
-  yield* sql.unsafe(`CREATE TABLE "${schema}".chaos_job (msg_id bigint PRIMARY KEY)`)
-  yield* sql.unsafe(`
-    CREATE TABLE "${schema}".chaos_run (
-      run_id      integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-      msg_id      bigint      NOT NULL,
-      attempt     integer     NOT NULL,
-      pid         integer     NOT NULL,
-      started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
-      finished_at timestamptz
-    )`)
-  yield* sql.unsafe(`CREATE INDEX ON "${schema}".chaos_run (msg_id, attempt)`)
+  for (const statement of chaosTables(schema)) yield* sql.unsafe(statement)
 })
 
 /** Enqueue the jobs (seeded durations) and record the ids enqueueMany returned. */
@@ -464,6 +455,8 @@ interface Verdict {
   readonly deadLettered: number
   readonly pending: number
   readonly sameAttemptDoubleRuns: number
+  /** Runs that started while another run of the same job was running in the same process. */
+  readonly overlappingRuns: number
   readonly runs: number
   readonly rerunJobs: number
   readonly reruns: number
@@ -502,6 +495,7 @@ const analyse = Effect.fnUntraced(function*(schema: string, killedPids: Readonly
       (SELECT count(*) FROM fate WHERE pending)::int AS pending,
       (SELECT count(*) FROM (SELECT 1 FROM ${t("chaos_run")} GROUP BY msg_id, attempt HAVING count(*) > 1) d)::int
         AS "sameAttemptDoubleRuns",
+      (SELECT count(*) FROM ${t("chaos_run")} WHERE alongside > 0)::int AS "overlappingRuns",
       (SELECT count(*) FROM ${t("chaos_run")})::int AS runs,
       (SELECT count(*) FROM per_job WHERE runs > 1)::int AS "rerunJobs",
       (SELECT coalesce(sum(runs - 1), 0) FROM per_job)::int AS reruns,
@@ -586,7 +580,8 @@ const program = Effect.gen(function*() {
     const failures = [
       ...(drainSeconds === null ? [`not drained within ${settings.seconds} s (${verdict.pending} jobs pending)`] : []),
       ...(verdict.lost > 0 ? [`${verdict.lost} lost job(s)`] : []),
-      ...(verdict.sameAttemptDoubleRuns > 0 ? [`${verdict.sameAttemptDoubleRuns} same-attempt double run(s)`] : [])
+      ...(verdict.sameAttemptDoubleRuns > 0 ? [`${verdict.sameAttemptDoubleRuns} same-attempt double run(s)`] : []),
+      ...(verdict.overlappingRuns > 0 ? [`${verdict.overlappingRuns} run(s) overlapping another of the same job in one process`] : [])
     ]
     const passed = failures.length === 0
     if (passed) yield* sql.unsafe(`DROP SCHEMA IF EXISTS "${settings.schema}" CASCADE`)
@@ -601,6 +596,7 @@ const program = Effect.gen(function*() {
       `  pending                  ${verdict.pending}`,
       `  lost                     ${verdict.lost}   (must be 0)${lostIds.length > 0 ? ` e.g. msg_id ${lostIds.join(", ")}` : ""}`,
       `  same-attempt double runs ${verdict.sameAttemptDoubleRuns}   (must be 0)`,
+      `  overlapping runs         ${verdict.overlappingRuns}   (must be 0: two runs of one job at once in one process)`,
       ...doubles.map((d) => `      msg_id ${d.msg_id} attempt ${d.attempt}: pids ${d.pids.join(", ")} at ${d.started.join(", ")}`),
       `  runs                     ${verdict.runs} (${verdict.reruns} re-runs of ${verdict.rerunJobs} jobs; ` +
         `${verdict.finishedMoreThanOnce} jobs finished more than once)`,

@@ -11,6 +11,7 @@ import { SqlClient } from "effect/sql"
 import * as Database from "../src/Database.ts"
 import { migrate } from "../src/Migrations.ts"
 import { Queue } from "../src/Queue.ts"
+import { chaosTables } from "../bench/chaos-tasks.ts"
 import { eventually, spawnNode } from "./processes.ts"
 import { databaseUrl } from "./support.ts"
 
@@ -37,9 +38,7 @@ layer(admin, { excludeTestServices: true })("database outages", (it) => {
       yield* Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient
         yield* migrate(SCHEMA)
-        yield* sql.unsafe(`CREATE TABLE "${SCHEMA}".chaos_run (
-          run_id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY, msg_id bigint NOT NULL, attempt integer NOT NULL,
-          pid integer NOT NULL, started_at timestamptz NOT NULL DEFAULT clock_timestamp(), finished_at timestamptz)`)
+        for (const statement of chaosTables(SCHEMA)) yield* sql.unsafe(statement)
         const env = {
           DATABASE_URL: url,
           PGQ_SCHEMA: SCHEMA,
