@@ -46,6 +46,8 @@ CREATE INDEX IF NOT EXISTS message_claim_idx ON pgq.message (queue, priority DES
 CREATE INDEX IF NOT EXISTS message_claimed_vt_idx ON pgq.message (vt) WHERE state = 'claimed';
 CREATE INDEX IF NOT EXISTS message_scheduled_idx ON pgq.message (visible_at) WHERE state = 'scheduled';
 CREATE INDEX IF NOT EXISTS message_claimed_by_idx ON pgq.message (claimed_by) WHERE state = 'claimed';
+-- The jobs of one execution (its batches and its callback): stop, re-run and the operator's views.
+CREATE INDEX IF NOT EXISTS message_execution_idx ON pgq.message (execution_id) WHERE execution_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS pgq.dead_letter (
   msg_id        bigint      PRIMARY KEY,
@@ -79,10 +81,13 @@ CREATE TABLE IF NOT EXISTS pgq.barrier (
 );
 CREATE INDEX IF NOT EXISTS barrier_expires_at_idx ON pgq.barrier (expires_at);
 
+-- A batch's marker: it is counted once, ever, and its result waits here for the callback (results are
+-- gathered in batch order when the last batch completes, so no row is rewritten per completion).
 CREATE TABLE IF NOT EXISTS pgq.barrier_batch (
   execution_id  text        NOT NULL,
   batch_index   integer     NOT NULL,
   created_at    timestamptz NOT NULL DEFAULT now(),
+  result        jsonb,
   PRIMARY KEY (execution_id, batch_index)
 );
 
@@ -130,3 +135,4 @@ CREATE TABLE IF NOT EXISTS pgq.schema_version (
 ALTER TABLE pgq.message ADD COLUMN IF NOT EXISTS claim_token uuid;
 ALTER TABLE pgq.process ADD COLUMN IF NOT EXISTS heartbeat_seconds float8 NOT NULL DEFAULT 2;
 ALTER TABLE pgq.process ADD COLUMN IF NOT EXISTS stale_seconds float8 NOT NULL DEFAULT 10;
+ALTER TABLE pgq.barrier_batch ADD COLUMN IF NOT EXISTS result jsonb;
