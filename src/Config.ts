@@ -39,6 +39,10 @@ export interface PgqSettings {
   readonly healthPort: Option.Option<number>
   readonly healthStaleSeconds: number
   readonly statusUrl: Option.Option<string>
+  /** Bearer token for the HTTP execution-status adapter (never logged). */
+  readonly statusToken: Option.Option<Redacted.Redacted<string>>
+  /** Bound of one HTTP execution-status request. */
+  readonly statusTimeoutMs: number
   readonly logFormat: LogFormat
   /** Minimum level logged; at debug and trace a failed start also prints its whole cause (stack included). */
   readonly logLevel: LogLevel.LogLevel
@@ -122,6 +126,24 @@ export const logLevelFrom = (env: Env): Effect.Effect<LogLevel.LogLevel, Invalid
       : Effect.succeed(level)
   })
 
+/** Why `value` cannot be the HTTP execution-status base URL, or undefined when it can. */
+export const statusUrlProblem = (value: string): string | undefined => {
+  if (!URL.canParse(value)) return `expected an http(s) URL, got ${JSON.stringify(value)}`
+  const url = new URL(value)
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    return `expected an http(s) URL, got the scheme ${JSON.stringify(url.protocol)}`
+  }
+  // Paths are appended to the base: a query or fragment on it would swallow them.
+  return url.search !== "" || url.hash !== "" ? "must not carry a query or a fragment" : undefined
+}
+
+const statusUrl = (value: string): Effect.Effect<string, InvalidConfig> => {
+  const problem = statusUrlProblem(value)
+  return problem === undefined
+    ? Effect.succeed(value)
+    : Effect.fail(new InvalidConfig({ variable: "PGQ_STATUS_URL", reason: problem }))
+}
+
 const ensure = (condition: boolean, variable: string, reason: string) =>
   condition ? Effect.void : Effect.fail(new InvalidConfig({ variable, reason }))
 
@@ -159,7 +181,9 @@ export const parseSettings = Effect.fnUntraced(function*(env: Env) {
     deadLetterRetentionDays: yield* positiveNumber(env, "PGQ_DEAD_LETTER_RETENTION_DAYS", 14),
     healthPort: yield* optional(env, "PGQ_HEALTH_PORT", decodeVar("PGQ_HEALTH_PORT", "a port 0..65535", PortNumber)),
     healthStaleSeconds: yield* positiveNumber(env, "PGQ_HEALTH_STALE_SECONDS", 60),
-    statusUrl: raw(env, "PGQ_STATUS_URL"),
+    statusUrl: yield* optional(env, "PGQ_STATUS_URL", statusUrl),
+    statusToken: raw(env, "PGQ_STATUS_TOKEN").pipe(Option.map(Redacted.make)),
+    statusTimeoutMs: yield* positiveInt(env, "PGQ_STATUS_TIMEOUT_MS", 5000),
     logFormat: yield* withDefault(
       env,
       "PGQ_LOG_FORMAT",
