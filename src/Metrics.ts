@@ -31,3 +31,18 @@ export const inFlight = Metric.gauge("pgq_jobs_in_flight", { description: "Jobs 
 export const leaseRenewFailures = Metric.counter("pgq_lease_renew_failures_total", {
   description: "Renewals of in-flight leases that failed or found the job no longer ours"
 })
+export const barrierBatches = Metric.counter("pgq_barrier_batches_total", {
+  description: "Barrier batches whose completion was counted (the last one fires the callback)"
+})
+export const barrierCallbacks = Metric.counter("pgq_barrier_callbacks_total", {
+  description: "Barrier callbacks enqueued by the last batch of their execution"
+})
+export const barrierSkipped = Metric.counter("pgq_barrier_batches_skipped_total", {
+  description: "Batches not run because their execution had already ended (stopped, aborted, recovered)"
+})
+export const barrierAbandoned = Metric.counter("pgq_barrier_batches_abandoned_total", {
+  description: "Batch completions acked but not counted: their barrier was gone, or they were duplicates"
+})
+export const barrierAborts = Metric.counter("pgq_barrier_aborts_total", {
+  description: "Executions ended ERROR because one of their batches failed for good"
+})

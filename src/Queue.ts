@@ -49,6 +49,11 @@ export interface ClaimedJob {
   readonly enqueuedAt: Date
   readonly executionId: string | null
   readonly batchIndex: number | null
+  /**
+   * For a barrier batch: its barrier still exists (false once the execution was stopped, aborted or
+   * recovered; such a batch is not run). Always true for other jobs.
+   */
+  readonly barrierLive: boolean
 }
 
 export interface ClaimOptions {
@@ -219,6 +224,7 @@ interface ClaimRow {
   readonly enqueued_at: Date
   readonly execution_id: string | null
   readonly batch_index: number | null
+  readonly barrier_live: boolean
 }
 
 const toClaimed = (row: ClaimRow): ClaimedJob => ({
@@ -233,7 +239,8 @@ const toClaimed = (row: ClaimRow): ClaimedJob => ({
   maxAttempts: row.max_attempts,
   enqueuedAt: row.enqueued_at,
   executionId: row.execution_id,
-  batchIndex: row.batch_index
+  batchIndex: row.batch_index,
+  barrierLive: row.barrier_live
 })
 
 const fenceIds = (attempts: ReadonlyArray<Attempt>) => ({
@@ -246,6 +253,7 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
   const message = sql(`${defaults.schema}.message`)
   const deadLetterTable = sql(`${defaults.schema}.dead_letter`)
   const processTable = sql(`${defaults.schema}.process`)
+  const barrierTable = sql(`${defaults.schema}.barrier`)
   /** The attempts of a fenced statement, as a relation `a(msg_id, token)`. */
   const attemptsOf = (attempts: ReadonlyArray<Attempt>) => {
     const { ids, tokens } = fenceIds(attempts)
@@ -361,19 +369,21 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
             read_ct = m.read_ct + 1, claimed_by = ${options.processId}, claim_token = gen_random_uuid()
         FROM locked WHERE m.msg_id = locked.msg_id
         RETURNING m.msg_id, m.claim_token, m.queue, m.task, m.payload, m.org_id, m.priority, m.read_ct, m.max_attempts,
-                  m.enqueued_at, m.execution_id, m.batch_index
+                  m.enqueued_at, m.execution_id, m.batch_index,
+                  (m.batch_index IS NULL OR EXISTS (
+                    SELECT 1 FROM ${barrierTable} b WHERE b.execution_id = m.execution_id)) AS barrier_live
       ), answer AS (
         SELECT 'job' AS kind, msg_id, claim_token, queue, task, payload, org_id, priority, read_ct, max_attempts,
-               enqueued_at, execution_id, batch_index
+               enqueued_at, execution_id, batch_index, barrier_live
         FROM claimed
         UNION ALL
-        SELECT 'ack', msg_id, claim_token, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM acked
+        SELECT 'ack', msg_id, claim_token, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM acked
         UNION ALL
-        SELECT 'unregistered', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+        SELECT 'unregistered', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
         FROM registered WHERE NOT ok
       )
       SELECT kind, msg_id::text AS msg_id, claim_token::text AS claim_token, queue, task, payload, org_id, priority, read_ct, max_attempts,
-             enqueued_at, execution_id, batch_index ${relaxed}
+             enqueued_at, execution_id, batch_index, barrier_live ${relaxed}
       FROM answer ORDER BY kind DESC, priority DESC, answer.msg_id`
     return {
       acked: new Set(rows.filter((r) => r.kind === "ack").map((r) => r.claim_token)),

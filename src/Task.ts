@@ -56,6 +56,12 @@ export interface TaskOptions<S extends Schema.Top, E, R> {
   /** Defaults for enqueue. */
   readonly queue?: string
   readonly priority?: number
+  /**
+   * The Schema of the handler's result, for a task that runs as a barrier batch: the result is encoded with
+   * it before it is stored, and the callback decodes the ordered results with the same Schema
+   * (`Barrier.callbackPayload(result, context)`).
+   */
+  readonly result?: Schema.Top & Schema.Codec<unknown, unknown, never, never>
 }
 
 /** A task, with its types erased behind `execute` so a registry can hold many. */
@@ -112,6 +118,19 @@ export const define = <S extends Schema.Top & Schema.Codec<S["Type"], S["Encoded
   const decode = Schema.decodeUnknownEffect(options.payload)
   const encode = Schema.encodeUnknownEffect(options.payload)
   const onFailure = options.onFailure ?? (() => "retry" as const)
+  const resultSchema = options.result
+  const encodeResult = (outcome: Outcome): Effect.Effect<Outcome> =>
+    outcome._tag !== "Succeeded" || resultSchema === undefined
+      ? Effect.succeed(outcome)
+      : Schema.encodeUnknownEffect(resultSchema)(outcome.result).pipe(
+        Effect.match({
+          onSuccess: (result): Outcome => ({ _tag: "Succeeded", result }),
+          onFailure: (error): Outcome => ({
+            _tag: "Rejected",
+            reason: ErrorText.safeLine(`result does not match the result schema of task ${options.name}: ${error.message}`)
+          })
+        })
+      )
   return {
     name: options.name,
     maxAttempts: options.maxAttempts,
@@ -131,7 +150,8 @@ export const define = <S extends Schema.Top & Schema.Codec<S["Type"], S["Encoded
           onSuccess: (decoded) =>
             Effect.suspend(() => options.handler(decoded, job)).pipe(
               Effect.exit,
-              Effect.flatMap((exit) => outcomeOf(onFailure, exit))
+              Effect.flatMap((exit) => outcomeOf(onFailure, exit)),
+              Effect.flatMap((outcome) => encodeResult(outcome))
             )
         }),
         // Whatever else goes wrong (a Schema transformation that throws, say) retries rather than strand the job.

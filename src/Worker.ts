@@ -12,13 +12,16 @@
 import { Cause, Clock, Context, Duration, Effect, Fiber, FiberSet, Layer, Metric, Option, Queue as Q, Ref, Schedule, Semaphore } from "effect"
 import type { SqlClient } from "effect/sql"
 import type { PgqSettings } from "./Config.ts"
+import { Barrier } from "./Barrier.ts"
 import * as ErrorText from "./ErrorText.ts"
+import * as ExecutionStatus from "./ExecutionStatus.ts"
 import * as Health from "./Health.ts"
 import * as Metrics from "./Metrics.ts"
 import { ProcessRegistry } from "./ProcessRegistry.ts"
 import { type Attempt, attemptKey, type ClaimedJob, Queue } from "./Queue.ts"
 import * as Wakeup from "./Wakeup.ts"
-import { backoffSeconds, defaultBackoff, type JobContext, type Outcome, type TaskRegistry } from "./Task.ts"
+import { type Disposition, makeSettlement } from "./Settlement.ts"
+import type { JobContext, Outcome, TaskRegistry } from "./Task.ts"
 
 export interface WorkerOptions {
   readonly schema: string
@@ -96,9 +99,6 @@ export const pollSchedule = (minMs: number, maxMs: number): Schedule.Schedule<nu
     })
   )
 
-/** What the worker does with a job: the task's outcome, or put off (a task this worker does not know). */
-type Disposition = Outcome | { readonly _tag: "Deferred"; readonly reason: string }
-
 /** How long a finished job's ack may wait for a claim to ride along with before it is sent on its own. */
 const ACK_GATHER = Duration.millis(5)
 
@@ -107,9 +107,6 @@ const ACK_RETRY = Duration.millis(500)
 
 /** Recording an outcome (fail, dead-letter, defer) is retried through a brief outage: fenced, so safe. */
 const SETTLE_RETRY = { schedule: Schedule.exponential(Duration.millis(200)), times: 5 }
-
-/** Backoff of a job whose task this worker does not know: 5 s doubling to 5 minutes. */
-const UNKNOWN_TASK_BACKOFF = { baseSeconds: 5, maxSeconds: 300 }
 
 const jobContext = (job: ClaimedJob): JobContext => ({
   msgId: job.msgId,
@@ -134,6 +131,7 @@ export class Worker extends Context.Service<Worker, {
 const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, options: WorkerOptions) {
   const queue = yield* Queue
   const processes = yield* ProcessRegistry
+  const barrier = yield* Barrier
   const scope = yield* Effect.scope
 
   const prefetch = options.prefetch ?? 0
@@ -200,45 +198,12 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
   })
   const processId = registration.processId
 
-  const settle = Effect.fnUntraced(function*(job: ClaimedJob, outcome: Disposition) {
-    switch (outcome._tag) {
-      case "Succeeded":
-        return yield* queueAck(job)
-      case "Rejected":
-        yield* Effect.logWarning(`job ${job.msgId} (${job.task}) dead-lettered: ${outcome.reason}`)
-        yield* Metric.update(Metrics.jobsFailed, 1)
-        return yield* queue.deadLetter(job, outcome.reason).pipe(
-          Effect.tap((buried) => Metric.update(buried ? Metrics.jobsDeadLettered : Metrics.jobsStale, 1))
-        )
-      case "Deferred": {
-        const result = yield* queue.defer(job, {
-          error: outcome.reason,
-          retryInSeconds: backoffSeconds(UNKNOWN_TASK_BACKOFF, job.attempt),
-          budgetSeconds: options.unknownTaskGraceSeconds ?? 3600
-        })
-        yield* Effect.logWarning(`job ${job.msgId} (${job.task}) ${result}: ${outcome.reason}`)
-        if (result === "dead-lettered") yield* Metric.update(Metrics.jobsDeadLettered, 1)
-        return
-      }
-      case "Failed": {
-        yield* Metric.update(Metrics.jobsFailed, 1)
-        if (outcome.action === "discard") {
-          yield* Effect.logWarning(`job ${job.msgId} (${job.task}) failed and was discarded: ${outcome.error}`)
-          return yield* queueAck(job)
-        }
-        const task = registry.tasks.get(job.task)
-        const result = yield* queue.fail(job, {
-          error: outcome.error,
-          retryInSeconds: backoffSeconds(task?.backoff ?? defaultBackoff, job.attempt),
-          deadLetter: outcome.action === "dead-letter"
-        })
-        yield* Effect.logWarning(`job ${job.msgId} (${job.task}) attempt ${job.attempt} failed (${result}): ${outcome.error}`)
-        yield* Metric.update(
-          result === "dead-lettered" ? Metrics.jobsDeadLettered : result === "retried" ? Metrics.jobsRetried : Metrics.jobsStale,
-          1
-        )
-      }
-    }
+  const settle = makeSettlement({
+    queue,
+    barrier,
+    registry,
+    unknownTaskGraceSeconds: options.unknownTaskGraceSeconds ?? 3600,
+    ack: queueAck
   })
 
   const outcomeOf = (job: ClaimedJob): Effect.Effect<Disposition, never, R> => {
@@ -248,6 +213,9 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
         _tag: "Deferred",
         reason: `unknown task ${JSON.stringify(job.task)}: not in this worker's registry (${[...registry.tasks.keys()].join(", ")})`
       })
+    }
+    if (!job.barrierLive) {
+      return Effect.succeed({ _tag: "Skipped", reason: `execution ${job.executionId} has already ended` })
     }
     if (job.attempt > job.maxAttempts) {
       return Effect.succeed({
@@ -549,9 +517,18 @@ export const optionsFromSettings = (settings: PgqSettings): WorkerOptions => ({
   statementTimeoutMs: settings.statementTimeoutMs
 })
 
-/** The worker's own services (queue statements, process registration) for the given settings. */
-const runtimeServices = (settings: PgqSettings) =>
-  Layer.mergeAll(ProcessRegistry.layer(settings.schema), Queue.fromSettings(settings))
+/**
+ * The worker's own services for the given settings: queue statements, process registration, and the
+ * barrier bookkeeping with its execution-status port.
+ */
+const runtimeServices = (settings: PgqSettings) => {
+  const queue = Queue.fromSettings(settings)
+  const barrier = Barrier.layer({ schema: settings.schema, ttlSeconds: settings.barrierTtlSeconds }).pipe(
+    Layer.provide(ExecutionStatus.ExecutionStatus.fromSettings(settings)),
+    Layer.provideMerge(queue)
+  )
+  return Layer.mergeAll(ProcessRegistry.layer(settings.schema), barrier)
+}
 
 /** A worker with its Queue and process registration, from settings, on the context's database. */
 export const layerFromSettings = <R>(registry: TaskRegistry<R>, settings: PgqSettings) =>

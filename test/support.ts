@@ -5,7 +5,9 @@
 import { inject } from "@effect/vitest"
 import { Context, Effect, Layer, Redacted } from "effect"
 import { SqlClient } from "effect/sql"
+import { Barrier } from "../src/Barrier.ts"
 import * as Database from "../src/Database.ts"
+import * as ExecutionStatus from "../src/ExecutionStatus.ts"
 import { makeLeaderLease } from "../src/LeaderLease.ts"
 import { migrate } from "../src/Migrations.ts"
 import { Queue } from "../src/Queue.ts"
@@ -38,7 +40,10 @@ export interface TestDbOptions {
   readonly maxAttempts?: number
 }
 
-/** SqlClient + PgClient + TestSchema + Queue over a fresh schema. */
+/**
+ * SqlClient + PgClient + TestSchema + Queue over a fresh schema, and the Barrier with the SQL execution-status
+ * store (what a worker needs besides its process registration).
+ */
 export const testDb = (prefix: string, options: TestDbOptions = {}) => {
   const db = Database.layer({
     url: Redacted.make(databaseUrl()),
@@ -47,12 +52,17 @@ export const testDb = (prefix: string, options: TestDbOptions = {}) => {
     applicationName: `pgq-test-${prefix}`
   })
   const schema = schemaLayer(prefix).pipe(Layer.provideMerge(db))
-  const queue = Layer.unwrap(
+  const services = Layer.unwrap(
     TestSchema.use(({ schema }) =>
-      Effect.succeed(Queue.layer({ schema, maxAttempts: options.maxAttempts ?? 5 }))
+      Effect.succeed(
+        Barrier.layer({ schema, ttlSeconds: 3600 }).pipe(
+          Layer.provideMerge(ExecutionStatus.ExecutionStatus.layerSql(schema)),
+          Layer.provideMerge(Queue.layer({ schema, maxAttempts: options.maxAttempts ?? 5 }))
+        )
+      )
     )
   )
-  return queue.pipe(Layer.provideMerge(schema))
+  return services.pipe(Layer.provideMerge(schema))
 }
 
 /**

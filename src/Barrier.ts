@@ -1,0 +1,354 @@
+/**
+ * Fan-out / fan-in: N batch jobs, then exactly one callback with all their results, ordered by batch index.
+ *
+ * - `start` writes the barrier row, inserts the N batch messages (carrying `execution_id`, `batch_index`) and
+ *   marks the execution EXECUTING in ONE transaction: inside a host's `sql.withTransaction` the fan-out exists
+ *   iff the host commits. Starting an execution that is live or already ran is `AlreadyStarted`, never a
+ *   second fan-out; `rerun: true` resets it.
+ * - `complete` is a batch's ack: in the SAME transaction as the fenced delete of the batch's message it inserts
+ *   the batch's marker with its result (a duplicate or redelivered batch finds the marker and only acks),
+ *   decrements `remaining`, and when that reaches 0 enqueues the callback with the ordered results and
+ *   deletes the barrier row. No crash can count a batch twice, lose a result, or leave "all batches done but
+ *   no callback": it all commits together or not at all.
+ * - `abort` (a batch failed for good) and `stop` (cancel) end the execution through the status port; late
+ *   completions of other batches then find no barrier row and are acked as abandoned, never firing a callback.
+ *
+ * The barrier row's existence is the execution's liveness for the workers: a claimed batch whose barrier is
+ * gone is not run (see `ClaimedJob.barrierLive`).
+ */
+import { Context, Effect, Layer, Option, Schema } from "effect"
+import { SqlClient, type SqlError } from "effect/sql"
+import * as ExecutionStatus from "./ExecutionStatus.ts"
+import { findUnstorable, hasNul } from "./Json.ts"
+import { type Attempt, type EnqueueOptions, Queue, type QueueError } from "./Queue.ts"
+import type { Task } from "./Task.ts"
+
+/** A barrier cannot be started as asked: names the execution and the field. */
+export class BarrierRejected extends Schema.TaggedError<BarrierRejected>()("BarrierRejected", {
+  executionId: Schema.String,
+  field: Schema.String,
+  reason: Schema.String
+}) {
+  override get message() {
+    return `execution ${JSON.stringify(this.executionId)}: ${this.field} ${this.reason}`
+  }
+}
+
+/** One batch of a fan-out: a task name and its (already encoded) payload. See `batch` for the typed form. */
+export interface BatchSpec {
+  readonly task: string
+  readonly payload: unknown
+  readonly queue?: string
+  readonly priority?: number
+  readonly maxAttempts?: number
+}
+
+/** The callback: a task that receives `{ executionId, results, context }` (see `callbackPayload`). */
+export interface CallbackSpec {
+  readonly task: string
+  /** Anything the callback needs besides the results (JSON). */
+  readonly context?: unknown
+  readonly queue?: string
+  readonly priority?: number
+  readonly maxAttempts?: number
+}
+
+export interface StartOptions {
+  readonly executionId: string
+  readonly orgId?: string
+  readonly batches: ReadonlyArray<BatchSpec>
+  readonly callback: CallbackSpec
+  /** Default: the layer's (PGQ_BARRIER_TTL_SECONDS). */
+  readonly ttlSeconds?: number
+  /** Reset a live or stranded execution (its barrier, markers and pending jobs) and fan out again. */
+  readonly rerun?: boolean
+}
+
+export type StartResult =
+  | { readonly _tag: "Started"; readonly executionId: string; readonly batches: number }
+  | { readonly _tag: "AlreadyStarted"; readonly executionId: string; readonly reason: string }
+
+/** What a batch's completion did. */
+export type CompleteResult =
+  /** Counted; other batches are still due. */
+  | "pending"
+  /** The last batch: the callback is enqueued and the barrier is gone. */
+  | "complete"
+  /** This batch was already counted (a redelivery): only acked. */
+  | "duplicate"
+  /** The barrier is gone (stopped, aborted, recovered): acked, not counted. */
+  | "abandoned"
+  /** The attempt's fence no longer matches (the job was re-claimed): nothing done. */
+  | "stale"
+
+export type EndResult = "ended" | "already-ended" | "unconfirmed"
+
+/** The callback's payload schema: the ordered batch results decoded with `result`, and the context. */
+export const callbackPayload = <R extends Schema.Top, C extends Schema.Top>(result: R, context: C) =>
+  Schema.Struct({ executionId: Schema.String, results: Schema.Array(result), context })
+
+/** A typed batch: the payload is encoded with the task's Schema (like `Queue.send`). */
+export const batch = <P, R>(task: Task<P, R>, payload: P, options: Omit<BatchSpec, "task" | "payload"> = {}) =>
+  task.encode(payload).pipe(
+    Effect.mapError((reason) => new BarrierRejected({ executionId: "", field: `batch ${task.name}`, reason })),
+    Effect.map((encoded): BatchSpec => ({
+      task: task.name,
+      payload: encoded,
+      ...(task.queue === undefined ? {} : { queue: task.queue }),
+      ...(task.priority === undefined ? {} : { priority: task.priority }),
+      ...(task.maxAttempts === undefined ? {} : { maxAttempts: task.maxAttempts }),
+      ...options
+    }))
+  )
+
+/** A batch job as the worker holds it: its fence and its place in the fan-out. */
+export interface BatchAttempt extends Attempt {
+  readonly executionId: string
+  readonly batchIndex: number
+}
+
+/** Rows one statement of `stop` / `rerun` removes at most (a fan-out may have tens of thousands). */
+const CLEANUP_BATCH = 1000
+
+export interface BarrierOptions {
+  readonly schema: string
+  /** Default TTL of a barrier (PGQ_BARRIER_TTL_SECONDS). */
+  readonly ttlSeconds: number
+}
+
+export const makeBarrier = Effect.fnUntraced(function*(options: BarrierOptions) {
+  const sql = yield* SqlClient.SqlClient
+  const queue = yield* Queue
+  const status = yield* ExecutionStatus.ExecutionStatus
+  const t = (name: string) => sql(`${options.schema}.${name}`)
+  const barrierTable = t("barrier")
+  const markers = t("barrier_batch")
+  const message = t("message")
+
+  const validate = (spec: StartOptions): Effect.Effect<number, BarrierRejected> => {
+    const reject = (field: string, reason: string) =>
+      Effect.fail(new BarrierRejected({ executionId: spec.executionId, field, reason }))
+    if (spec.executionId.trim() === "" || hasNul(spec.executionId)) return reject("executionId", "must be a non-empty id")
+    if (spec.batches.length === 0) return reject("batches", "is empty: a fan-out needs at least one batch")
+    const ttl = spec.ttlSeconds ?? options.ttlSeconds
+    if (!Number.isFinite(ttl) || ttl <= 0) return reject("ttlSeconds", `must be a positive number, got ${ttl}`)
+    if (spec.callback.task === "") return reject("callback.task", "must name a task")
+    const context = findUnstorable(spec.callback.context ?? null, "callback.context")
+    if (Option.isSome(context)) return reject(context.value.path, context.value.reason)
+    return Effect.succeed(ttl)
+  }
+
+  /** Why `executionId` must not fan out again, if it must not: live, or already ran (markers, status). */
+  const alreadyStarted = (executionId: string, orgId: string) =>
+    Effect.gen(function*() {
+      const [row] = yield* sql<{ live: boolean; ran: boolean; jobs: boolean }>`
+        SELECT EXISTS (SELECT 1 FROM ${barrierTable} WHERE execution_id = ${executionId}) AS live,
+               EXISTS (SELECT 1 FROM ${markers} WHERE execution_id = ${executionId}) AS ran,
+               EXISTS (SELECT 1 FROM ${message} WHERE execution_id = ${executionId}) AS jobs`
+      if (row!.live) return Option.some("its barrier is live")
+      if (row!.ran || row!.jobs) return Option.some("it already ran (its batches or callback exist)")
+      const current = yield* status.read(executionId, orgId)
+      return current._tag === "Found" && current.status !== "PENDING"
+        ? Option.some(`its status is ${current.status}`)
+        : Option.none()
+    })
+
+  /** Remove what an execution left: barrier row, markers, jobs not claimed right now (bounded batches). */
+  const clear = (executionId: string) =>
+    Effect.gen(function*() {
+      yield* sql`DELETE FROM ${barrierTable} WHERE execution_id = ${executionId}`
+      yield* sql`DELETE FROM ${markers} WHERE execution_id = ${executionId}`
+      yield* removePending(executionId, "all")
+    })
+
+  /** Delete an execution's jobs that no worker holds right now, in bounded statements; returns how many. */
+  const removePending = (executionId: string, which: "batches" | "all") =>
+    Effect.gen(function*() {
+      const only = which === "batches" ? sql`AND batch_index IS NOT NULL` : sql``
+      const once = sql<{ n: number }>`
+        WITH doomed AS (
+          SELECT msg_id FROM ${message}
+          WHERE execution_id = ${executionId} ${only} AND state <> 'claimed'
+          LIMIT ${CLEANUP_BATCH} FOR UPDATE SKIP LOCKED
+        ), gone AS (DELETE FROM ${message} m USING doomed WHERE m.msg_id = doomed.msg_id RETURNING 1)
+        SELECT count(*)::int AS n FROM gone`.pipe(Effect.map((rows) => rows[0]!.n))
+      let total = 0
+      for (let n = CLEANUP_BATCH; n === CLEANUP_BATCH; total += n) n = yield* once
+      return total
+    })
+
+  /**
+   * Fan out: the barrier row, the N batch messages and the EXECUTING mark in one transaction (joining the
+   * caller's, if any).
+   */
+  const start = Effect.fn("Barrier.start")(function*(spec: StartOptions) {
+    const ttl = yield* validate(spec)
+    const orgId = spec.orgId ?? ""
+    return yield* sql.withTransaction(Effect.gen(function*() {
+      if (spec.rerun === true) {
+        yield* clear(spec.executionId)
+      } else {
+        const why = yield* alreadyStarted(spec.executionId, orgId)
+        if (Option.isSome(why)) {
+          return { _tag: "AlreadyStarted", executionId: spec.executionId, reason: why.value } satisfies StartResult
+        }
+      }
+      const callback = {
+        task: spec.callback.task,
+        context: spec.callback.context ?? null,
+        queue: spec.callback.queue ?? "default",
+        priority: spec.callback.priority ?? 5,
+        ...(spec.callback.maxAttempts === undefined ? {} : { maxAttempts: spec.callback.maxAttempts })
+      }
+      // ON CONFLICT: a concurrent start of the same id (two orchestrator deliveries at once) loses here.
+      const inserted = yield* sql`
+        INSERT INTO ${barrierTable} (execution_id, org_id, total, remaining, callback, expires_at)
+        VALUES (${spec.executionId}, ${orgId}, ${spec.batches.length}, ${spec.batches.length},
+                ${JSON.stringify(callback)}::jsonb, now() + ${ttl} * interval '1 second')
+        ON CONFLICT (execution_id) DO NOTHING
+        RETURNING 1`
+      if (inserted.length === 0) {
+        return { _tag: "AlreadyStarted", executionId: spec.executionId, reason: "its barrier is live" } satisfies StartResult
+      }
+      const jobs = spec.batches.map((b, batchIndex) => ({
+        task: b.task,
+        payload: b.payload,
+        options: {
+          executionId: spec.executionId,
+          batchIndex,
+          orgId,
+          ...(b.queue === undefined ? {} : { queue: b.queue }),
+          ...(b.priority === undefined ? {} : { priority: b.priority }),
+          ...(b.maxAttempts === undefined ? {} : { maxAttempts: b.maxAttempts })
+        } satisfies EnqueueOptions
+      }))
+      for (let i = 0; i < jobs.length; i += CLEANUP_BATCH) yield* queue.enqueueMany(jobs.slice(i, i + CLEANUP_BATCH))
+      const marked = yield* status.mark(spec.executionId, orgId, "EXECUTING")
+      if (marked._tag === "Marked" && marked.status !== "EXECUTING") {
+        return yield* new BarrierRejected({
+          executionId: spec.executionId,
+          field: "executionId",
+          reason: `is ${marked.status}: a finished execution is final; start a new execution id`
+        })
+      }
+      return { _tag: "Started", executionId: spec.executionId, batches: jobs.length } satisfies StartResult
+    }))
+  })
+
+  /** The last batch: the callback with every result in batch order, then the barrier row goes. */
+  const fireCallback = (executionId: string, orgId: string, descriptor: CallbackDescriptor) =>
+    Effect.gen(function*() {
+      const [gathered] = yield* sql<{ results: ReadonlyArray<unknown> }>`
+        SELECT coalesce(jsonb_agg(coalesce(result, 'null'::jsonb) ORDER BY batch_index), '[]'::jsonb) AS results
+        FROM ${markers} WHERE execution_id = ${executionId}`
+      yield* queue.enqueue(descriptor.task, { executionId, results: gathered!.results, context: descriptor.context }, {
+        queue: descriptor.queue,
+        priority: descriptor.priority,
+        orgId,
+        executionId,
+        ...(descriptor.maxAttempts === undefined ? {} : { maxAttempts: descriptor.maxAttempts })
+      })
+      yield* sql`DELETE FROM ${barrierTable} WHERE execution_id = ${executionId}`
+    })
+
+  /**
+   * A batch succeeded with `result` (already encoded, JSON-storable): ack it, count it, and fire the
+   * callback if it was the last — one transaction.
+   */
+  const complete = Effect.fn("Barrier.complete")(function*(attempt: BatchAttempt, result: unknown) {
+    return yield* sql.withTransaction(Effect.gen(function*() {
+      const acked = yield* sql`
+        DELETE FROM ${message} AS m
+        USING (SELECT ${attempt.msgId}::bigint AS msg_id, ${attempt.token}::uuid AS token) AS a
+        WHERE m.msg_id = a.msg_id AND m.claim_token = a.token AND m.state = 'claimed'
+        RETURNING 1`
+      if (acked.length === 0) return "stale" satisfies CompleteResult
+      const counted = yield* sql`
+        INSERT INTO ${markers} (execution_id, batch_index, result)
+        VALUES (${attempt.executionId}, ${attempt.batchIndex}, ${JSON.stringify(result ?? null)}::jsonb)
+        ON CONFLICT (execution_id, batch_index) DO NOTHING
+        RETURNING 1`
+      if (counted.length === 0) return "duplicate" satisfies CompleteResult
+      const [left] = yield* sql<{ remaining: number; org_id: string; callback: CallbackDescriptor }>`
+        UPDATE ${barrierTable} SET remaining = remaining - 1, last_progress_at = now()
+        WHERE execution_id = ${attempt.executionId}
+        RETURNING remaining, org_id, callback`
+      if (left === undefined) return "abandoned" satisfies CompleteResult
+      if (left.remaining > 0) return "pending" satisfies CompleteResult
+      if (left.remaining < 0) {
+        yield* Effect.logError(
+          `barrier ${attempt.executionId}: remaining went below 0 (${left.remaining}); tearing it down, no callback`
+        )
+        yield* sql`DELETE FROM ${barrierTable} WHERE execution_id = ${attempt.executionId}`
+        return "abandoned" satisfies CompleteResult
+      }
+      yield* fireCallback(attempt.executionId, left.org_id, left.callback)
+      return "complete" satisfies CompleteResult
+    }))
+  })
+
+  /**
+   * End an execution through the status port (ERROR for an abort, STOPPED for a stop). Only a confirmed mark
+   * deletes the barrier row: when the port cannot be reached the row stays for the reaper. Of concurrent
+   * ends exactly one deletes the row ("ended"); the others get "already-ended".
+   */
+  const end = (executionId: string, orgId: string, target: "ERROR" | "STOPPED", reason: string) =>
+    Effect.gen(function*() {
+      const marked = yield* status.mark(executionId, orgId, target, reason).pipe(Effect.option)
+      if (Option.isNone(marked)) return "unconfirmed" satisfies EndResult
+      const deleted = yield* sql`DELETE FROM ${barrierTable} WHERE execution_id = ${executionId} RETURNING 1`
+      yield* removePending(executionId, "batches")
+      return (deleted.length > 0 ? "ended" : "already-ended") satisfies EndResult
+    })
+
+  /** A batch failed for good: mark the execution ERROR and tear the barrier down (markers stay). */
+  const abort = Effect.fn("Barrier.abort")(function*(
+    executionId: string,
+    orgId: string,
+    batchIndex: number,
+    reason: string
+  ) {
+    return yield* end(executionId, orgId, "ERROR", `[barrier-abort] batch ${batchIndex} failed: ${reason}`)
+  })
+
+  /** Cancel: mark STOPPED, remove the batches not started yet; late completions are abandoned. */
+  const stop = Effect.fn("Barrier.stop")(function*(executionId: string, orgId?: string) {
+    const org = orgId ?? (yield* orgOf(executionId))
+    return yield* end(executionId, org, "STOPPED", "stopped by request")
+  })
+
+  /** The callback finished: COMPLETED on success, ERROR when it failed for good. */
+  const finish = Effect.fn("Barrier.finish")(function*(
+    executionId: string,
+    orgId: string,
+    outcome: { readonly _tag: "Succeeded" } | { readonly _tag: "Failed"; readonly reason: string }
+  ) {
+    return yield* outcome._tag === "Succeeded"
+      ? status.mark(executionId, orgId, "COMPLETED")
+      : status.mark(executionId, orgId, "ERROR", `[barrier-callback] the callback failed: ${outcome.reason}`)
+  })
+
+  const orgOf = (executionId: string) =>
+    sql<{ org_id: string }>`SELECT org_id FROM ${barrierTable} WHERE execution_id = ${executionId}`.pipe(
+      Effect.map((rows) => rows[0]?.org_id ?? "")
+    )
+
+  return { start, complete, abort, stop, finish }
+})
+
+/** What the barrier row's `callback` column holds: enough to fire the callback again. */
+export interface CallbackDescriptor {
+  readonly task: string
+  readonly context: unknown
+  readonly queue: string
+  readonly priority: number
+  readonly maxAttempts?: number
+}
+
+export type BarrierError = BarrierRejected | QueueError | SqlError.SqlError
+
+export class Barrier extends Context.Service<Barrier, Effect.Success<ReturnType<typeof makeBarrier>>>()(
+  "effect-pg-queue/Barrier"
+) {
+  static readonly layer = (options: BarrierOptions) => Layer.effect(Barrier, makeBarrier(options))
+}
