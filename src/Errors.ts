@@ -65,3 +65,24 @@ export class LeaseLost extends Schema.TaggedError<LeaseLost>()("LeaseLost", {
     return `lease ${this.lease} lost by ${this.holder} (term ${this.term}): ${this.reason}`
   }
 }
+
+/** An execution's status could not be read (store unreachable, refused, or an answer we cannot trust). */
+export class StatusReadFailed extends Schema.TaggedError<StatusReadFailed>()("StatusReadFailed", {
+  executionId: Schema.String,
+  reason: Schema.String
+}) {
+  override get message() {
+    return `cannot read the status of execution ${JSON.stringify(this.executionId)}: ${this.reason}`
+  }
+}
+
+/** An execution's status could not be written; the caller must not assume it changed. */
+export class StatusWriteFailed extends Schema.TaggedError<StatusWriteFailed>()("StatusWriteFailed", {
+  executionId: Schema.String,
+  status: Schema.String,
+  reason: Schema.String
+}) {
+  override get message() {
+    return `cannot mark execution ${JSON.stringify(this.executionId)} ${this.status}: ${this.reason}`
+  }
+}
