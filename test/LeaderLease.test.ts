@@ -1,15 +1,46 @@
 /**
  * The lease SQL against a real Postgres: the §15.8 catalogue of the reference system, plus a model-based
- * property test of random operation sequences. The server clock cannot be moved, so "time passes" is
- * simulated by shifting the stored timestamps back.
+ * property test of random operation sequences (a failure shrinks to a short sequence; test/property.ts says how
+ * to replay it). The server clock cannot be moved, so "time passes" is simulated by shifting the stored
+ * timestamps back.
  */
-import { assert, describe, expect, layer } from "@effect/vitest"
-import { Cause, Effect, Exit, Option } from "effect"
-import { randomInt } from "node:crypto"
+import { describe, expect, layer } from "@effect/vitest"
+import { Effect, Option, Schema } from "effect"
 import { workerId } from "../src/LeaderLease.ts"
+import { Index, makeTrace, sequenceOptions, Steps, Weighted } from "./property.ts"
 import { leaseFixture, testDb } from "./support.ts"
 
 const LEASE = 10
+
+// The property test's operations (its model and runner are at the end of the file). Defined up here
+// because `it.effect.prop` compiles the Schema when the test is registered.
+const CANDIDATES = 4
+const MAX_STEPS = 60
+/** Long, and time moves in coarse steps: see the model. */
+const PROP_LEASE = 100
+const Who = Index(CANDIDATES)
+/** A zombie fiber of the process, from the term before or after the one the process believes it holds. */
+const Off = Schema.Literals([-1, 1])
+/** By candidate index; an op whose candidate cannot act is skipped (see `skipReason`). */
+const LeaseOp = Weighted([
+  [4, Schema.TaggedStruct("Acquire", { who: Who })],
+  [3, Schema.TaggedStruct("Renew", { who: Who })],
+  [2, Schema.TaggedStruct("Release", { who: Who })],
+  [3, Schema.TaggedStruct("Write", { who: Who })],
+  [3, Schema.TaggedStruct("Advance", { seconds: Schema.Literals([10, 20, 30, 50, 90, 100, 110, 250]) })],
+  [1, Schema.TaggedStruct("ZombieRenew", { who: Who, off: Off })],
+  [1, Schema.TaggedStruct("ZombieRelease", { who: Who, off: Off })],
+  [1, Schema.TaggedStruct("ZombieWrite", { who: Who, off: Off })],
+  [1, Schema.TaggedStruct("Stampede", {})],
+  [1, Schema.TaggedStruct("Crash", { who: Who })],
+  [1, Schema.TaggedStruct("Pause", { who: Who })],
+  // The longest-crashed candidate comes back as a new process (a new holder id).
+  [1, Schema.TaggedStruct("Restart", {})],
+  // The longest-paused candidate resumes, still believing what it believed.
+  [1, Schema.TaggedStruct("Resume", {})]
+])
+type LeaseOp = typeof LeaseOp.Type
+const LeaseOps = Steps(LeaseOp, MAX_STEPS)
 
 const setup = Effect.gen(function*() {
   const { schema, sql, leases, table, age } = yield* leaseFixture
@@ -244,24 +275,12 @@ layer(testDb("leader_lease", { maxConnections: 20 }))("LeaderLease", (it) => {
   })
 
   describe("property: random operation sequences against a reference model", () => {
-    it.effect("30 sequences x 40 steps over 4 candidates keep every invariant", () =>
-      Effect.gen(function*() {
-        const env = yield* setup
-        const base = Number(process.env.PGQ_PROP_SEED ?? randomInt(2 ** 31))
-        yield* env.sql`CREATE TABLE ${env.sql(`${env.schema}.prop_scratch`)} (
-          name text PRIMARY KEY, writes int NOT NULL DEFAULT 0, last_holder text, last_term bigint)`
-        for (let k = 0; k < 30; k++) {
-          const seed = base + k
-          const trace: Array<string> = []
-          const exit = yield* Effect.exit(runSequence(env, seed, 40, trace))
-          if (Exit.isFailure(exit)) {
-            assert.fail(
-              `property failed for seed ${seed} (reproduce with PGQ_PROP_SEED=${seed}):\n` +
-                `${trace.map((line, i) => `  ${i + 1}. ${line}`).join("\n")}\n${Cause.pretty(exit.cause)}`
-            )
-          }
-        }
-      }), { timeout: 60_000 })
+    it.effect.prop(
+      "100 sequences of up to 60 steps over 4 candidates keep every invariant",
+      { ops: LeaseOps },
+      ({ ops }) => Effect.flatMap(setup, (env) => runSequence(env, ops)),
+      sequenceOptions({ runs: 100, maxSteps: MAX_STEPS, timeout: 60_000 })
+    )
   })
 })
 
@@ -269,23 +288,8 @@ layer(testDb("leader_lease", { maxConnections: 20 }))("LeaderLease", (it) => {
 // Model-based property test
 // ---------------------------------------------------------------------------------------------------------
 
-/** mulberry32: a tiny seeded PRNG, so a failing sequence replays exactly from its seed. */
-const mulberry32 = (seed: number) => {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
-// The model's lease is long and time moves in coarse steps, so real time elapsing during a sequence
-// (milliseconds) never flips "expired" vs "fresh"; remaining <= 0 means expired on the server too.
-const PROP_LEASE = 100
-const ADVANCES = [10, 20, 30, 50, 90, 100, 110, 250]
-
+// The model's lease (PROP_LEASE) is long and time moves in coarse steps, so real time elapsing during a
+// sequence (milliseconds) never flips "expired" vs "fresh"; remaining <= 0 means expired on the server too.
 interface ModelLease {
   holder: string
   term: number
@@ -306,18 +310,22 @@ const holderId = (c: Candidate) => `c${c.id}.${c.incarnation}`
 
 type Env = Effect.Success<typeof setup>
 
-const runSequence = (env: Env, seed: number, steps: number, trace: Array<string>) =>
+/** Every sequence (each run and each shrink candidate) gets a lease row of its own. */
+let sequences = 0
+
+const runSequence = (env: Env, ops: ReadonlyArray<LeaseOp>) =>
   Effect.gen(function*() {
     const { leases, sql, schema } = env
-    const random = mulberry32(seed)
-    const pick = <A>(items: ReadonlyArray<A>): A => items[Math.floor(random() * items.length)]!
-    const name = `prop-${seed}`
+    const name = `prop-${++sequences}`
     const scratch = sql(`${schema}.prop_scratch`)
-    yield* sql`INSERT INTO ${scratch} (name) VALUES (${name}) ON CONFLICT (name) DO NOTHING`
+    yield* sql`CREATE TABLE IF NOT EXISTS ${scratch} (
+      name text PRIMARY KEY, writes int NOT NULL DEFAULT 0, last_holder text, last_term bigint)`
+    yield* sql`INSERT INTO ${scratch} (name) VALUES (${name})`
+    const trace = makeTrace()
     const model: ModelLease = { holder: "", term: 0, remaining: 0 }
     let modelWrites = 0
     let maxTerm = 0
-    const candidates: Array<Candidate> = [0, 1, 2, 3].map((id) => ({
+    const candidates: Array<Candidate> = Array.from({ length: CANDIDATES }, (_, id) => ({
       id,
       incarnation: 0,
       status: "alive",
@@ -326,18 +334,14 @@ const runSequence = (env: Env, seed: number, steps: number, trace: Array<string>
     const valid = (holder: string, term: number) =>
       model.holder === holder && model.term === term && model.remaining > 0
     const acquirable = () => model.holder === "" || model.remaining <= 0
-    const fail = (what: string) => Effect.fail(`${what} (model ${JSON.stringify(model)})`)
-    const check = (condition: boolean, what: string) => condition ? Effect.void : fail(what)
-    /**
-     * Usually the term the candidate believes it holds; sometimes a neighbouring one (a zombie fiber of the
-     * same process from an older term); for a process that holds none, a plausible guess.
-     */
-    const termFor = (c: Candidate) =>
-      c.belief === null
-        ? Math.max(0, model.term + pick([-1, 0, 1]))
-        : random() < 0.75
-        ? c.belief
-        : Math.max(0, c.belief + pick([-1, 1]))
+    const check = (condition: boolean, what: string) =>
+      trace.check(condition, `${what} (model ${JSON.stringify(model)})`)
+    /** The term the process believes it holds (a guess, the current one, if none); a zombie's is one off. */
+    const termFor = (c: Candidate, op: LeaseOp) => Math.max(0, (c.belief ?? model.term) + ("off" in op ? op.off : 0))
+    const actor = (c: Candidate, op: LeaseOp) => "off" in op ? `${holderId(c)}'s zombie` : holderId(c)
+    /** Oldest first: Restart and Resume take the head. */
+    const crashed: Array<Candidate> = []
+    const paused: Array<Candidate> = []
     const won = (c: Candidate, term: number) =>
       Effect.gen(function*() {
         yield* check(term > maxTerm, `term ${term} not above the highest term seen (${maxTerm})`)
@@ -347,148 +351,154 @@ const runSequence = (env: Env, seed: number, steps: number, trace: Array<string>
         model.remaining = PROP_LEASE
         c.belief = term
       })
+    /**
+     * Only a running process acts (or crashes, or pauses). An op by any other is a no-op rather than moved
+     * to someone else, so an op keeps its meaning whatever shrinking removed before it.
+     */
+    const skipReason = (op: LeaseOp): string | undefined => {
+      switch (op._tag) {
+        case "Advance":
+          return undefined
+        case "Stampede":
+          return candidates.some((x) => x.status === "alive") ? undefined : "nobody alive"
+        case "Restart":
+          return crashed.length > 0 ? undefined : "nobody crashed"
+        case "Resume":
+          return paused.length > 0 ? undefined : "nobody paused"
+        default: {
+          const c = candidates[op.who]!
+          return c.status === "alive" ? undefined : `${holderId(c)} is ${c.status}`
+        }
+      }
+    }
 
-    for (let step = 0; step < steps; step++) {
-      const alive = candidates.filter((c) => c.status === "alive")
-      const kind = pick([
-        ...Array<string>(4).fill("acquire"),
-        ...Array<string>(4).fill("renew"),
-        ...Array<string>(2).fill("release"),
-        ...Array<string>(3).fill("write"),
-        ...Array<string>(3).fill("advance"),
-        "stampede",
-        "crash",
-        "restart",
-        "pause",
-        "resume"
-      ])
+    for (const op of ops) {
+      const skip = skipReason(op)
+      if (skip !== undefined) {
+        trace.log(`${op._tag} skipped: ${skip}`)
+        continue
+      }
       const before = yield* env.snapshot(name)
       let mayChange = true
-      const c = pick(alive.length > 0 ? alive : candidates)
-      if (alive.length === 0 && ["acquire", "renew", "release", "write", "stampede", "crash", "pause"].includes(kind)) {
-        // Nobody can act: let time pass instead.
-        const seconds = pick(ADVANCES)
-        trace.push(`advance ${seconds}s (nobody alive)`)
-        yield* env.age(name, seconds)
-        model.remaining -= seconds
-      } else {
-        switch (kind) {
-          case "acquire": {
-            const expected = acquirable() ? Option.some(model.term + 1) : Option.none<number>()
-            const result = yield* leases.tryAcquire(name, holderId(c), PROP_LEASE)
-            trace.push(`${holderId(c)} acquire -> ${Option.getOrElse(Option.map(result, String), () => "none")}`)
-            yield* check(Option.getOrUndefined(result) === Option.getOrUndefined(expected), "acquire result")
-            if (Option.isSome(result)) yield* won(c, result.value)
-            else mayChange = false
-            break
-          }
-          case "stampede": {
-            const expectWin = acquirable()
-            const results = yield* Effect.forEach(alive, (a) => leases.tryAcquire(name, holderId(a), PROP_LEASE), {
-              concurrency: "unbounded"
-            })
-            const winners = results.flatMap((r, i) => Option.isSome(r) ? [{ c: alive[i]!, term: r.value }] : [])
-            trace.push(`stampede of ${alive.length} -> ${winners.map((w) => `${holderId(w.c)}@${w.term}`).join(",")}`)
-            yield* check(winners.length === (expectWin ? 1 : 0), `stampede winners: ${winners.length}`)
-            if (winners[0] !== undefined) {
-              yield* check(winners[0].term === model.term + 1, "stampede term")
-              yield* won(winners[0].c, winners[0].term)
-            } else {
-              mayChange = false
-            }
-            break
-          }
-          case "renew": {
-            const term = termFor(c)
-            const expected = valid(holderId(c), term)
-            const result = yield* leases.renew(name, holderId(c), term, PROP_LEASE)
-            trace.push(`${holderId(c)} renew term ${term} -> ${result}`)
-            yield* check(result === expected, "renew result")
-            if (result) model.remaining = PROP_LEASE
-            else {
-              mayChange = false
-              if (c.belief === term) c.belief = null // a refused renew means: step down
-            }
-            break
-          }
-          case "release": {
-            const term = termFor(c)
-            const expected = model.holder === holderId(c) && model.term === term
-            const result = yield* leases.release(name, holderId(c), term)
-            trace.push(`${holderId(c)} release term ${term} -> ${result}`)
-            yield* check(result === expected, "release result")
-            if (result) {
-              model.holder = ""
-              model.remaining = 0
-            } else {
-              mayChange = false
-            }
-            if (c.belief === term) c.belief = null
-            break
-          }
-          case "write": {
-            const term = termFor(c)
-            const expected = valid(holderId(c), term)
-            const rows = yield* sql`
-              UPDATE ${scratch} SET writes = writes + 1, last_holder = ${holderId(c)}, last_term = ${term}
-              WHERE name = ${name} AND ${leases.fence(name, holderId(c), term)} RETURNING 1`
-            trace.push(`${holderId(c)} fenced write term ${term} -> ${rows.length === 1}`)
-            yield* check((rows.length === 1) === expected, "fenced write")
-            if (rows.length === 1) modelWrites++
+      switch (op._tag) {
+        case "Acquire": {
+          const c = candidates[op.who]!
+          const expected = acquirable() ? Option.some(model.term + 1) : Option.none<number>()
+          const result = yield* leases.tryAcquire(name, holderId(c), PROP_LEASE)
+          trace.log(`${holderId(c)} acquire -> ${Option.getOrElse(Option.map(result, String), () => "none")}`)
+          yield* check(Option.getOrUndefined(result) === Option.getOrUndefined(expected), "acquire result")
+          if (Option.isSome(result)) yield* won(c, result.value)
+          else mayChange = false
+          break
+        }
+        case "Stampede": {
+          const alive = candidates.filter((x) => x.status === "alive")
+          const expectWin = acquirable()
+          const results = yield* Effect.forEach(alive, (a) => leases.tryAcquire(name, holderId(a), PROP_LEASE), {
+            concurrency: "unbounded"
+          })
+          const winners = results.flatMap((r, i) => Option.isSome(r) ? [{ c: alive[i]!, term: r.value }] : [])
+          trace.log(`stampede of ${alive.length} -> ${winners.map((w) => `${holderId(w.c)}@${w.term}`).join(",")}`)
+          yield* check(winners.length === (expectWin ? 1 : 0), `stampede winners: ${winners.length}`)
+          if (winners[0] !== undefined) {
+            yield* check(winners[0].term === model.term + 1, "stampede term")
+            yield* won(winners[0].c, winners[0].term)
+          } else {
             mayChange = false
-            break
           }
-          case "advance": {
-            const seconds = pick(ADVANCES)
-            trace.push(`advance ${seconds}s`)
-            yield* env.age(name, seconds)
-            model.remaining -= seconds
-            break
-          }
-          case "crash": {
-            trace.push(`${holderId(c)} crashes (stops renewing, never releases)`)
-            c.status = "crashed"
+          break
+        }
+        case "Renew":
+        case "ZombieRenew": {
+          const c = candidates[op.who]!
+          const term = termFor(c, op)
+          const expected = valid(holderId(c), term)
+          const result = yield* leases.renew(name, holderId(c), term, PROP_LEASE)
+          trace.log(`${actor(c, op)} renew term ${term} -> ${result}`)
+          yield* check(result === expected, "renew result")
+          if (result) model.remaining = PROP_LEASE
+          else {
             mayChange = false
-            break
+            if (c.belief === term) c.belief = null // a refused renew means: step down
           }
-          case "pause": {
-            trace.push(`${holderId(c)} pauses (keeps believing term ${c.belief})`)
-            c.status = "paused"
+          break
+        }
+        case "Release":
+        case "ZombieRelease": {
+          const c = candidates[op.who]!
+          const term = termFor(c, op)
+          const expected = model.holder === holderId(c) && model.term === term
+          const result = yield* leases.release(name, holderId(c), term)
+          trace.log(`${actor(c, op)} release term ${term} -> ${result}`)
+          yield* check(result === expected, "release result")
+          if (result) {
+            model.holder = ""
+            model.remaining = 0
+          } else {
             mayChange = false
-            break
           }
-          case "restart": {
-            const crashed = candidates.filter((x) => x.status === "crashed")
-            if (crashed.length > 0) {
-              const r = pick(crashed)
-              r.status = "alive"
-              r.incarnation++
-              r.belief = null
-              trace.push(`c${r.id} restarts as ${holderId(r)}`)
-            } else {
-              trace.push("restart: nobody crashed")
-            }
-            mayChange = false
-            break
-          }
-          case "resume": {
-            const paused = candidates.filter((x) => x.status === "paused")
-            if (paused.length > 0) {
-              const r = pick(paused)
-              r.status = "alive"
-              trace.push(`${holderId(r)} resumes, still believing term ${r.belief}`)
-            } else {
-              trace.push("resume: nobody paused")
-            }
-            mayChange = false
-            break
-          }
+          if (c.belief === term) c.belief = null
+          break
+        }
+        case "Write":
+        case "ZombieWrite": {
+          const c = candidates[op.who]!
+          const term = termFor(c, op)
+          const expected = valid(holderId(c), term)
+          const rows = yield* sql`
+            UPDATE ${scratch} SET writes = writes + 1, last_holder = ${holderId(c)}, last_term = ${term}
+            WHERE name = ${name} AND ${leases.fence(name, holderId(c), term)} RETURNING 1`
+          trace.log(`${actor(c, op)} fenced write term ${term} -> ${rows.length === 1}`)
+          yield* check((rows.length === 1) === expected, "fenced write")
+          if (rows.length === 1) modelWrites++
+          mayChange = false
+          break
+        }
+        case "Advance": {
+          trace.log(`advance ${op.seconds}s`)
+          yield* env.age(name, op.seconds)
+          model.remaining -= op.seconds
+          break
+        }
+        case "Crash": {
+          const c = candidates[op.who]!
+          trace.log(`${holderId(c)} crashes (stops renewing, never releases)`)
+          c.status = "crashed"
+          crashed.push(c)
+          mayChange = false
+          break
+        }
+        case "Pause": {
+          const c = candidates[op.who]!
+          trace.log(`${holderId(c)} pauses (keeps believing term ${c.belief})`)
+          c.status = "paused"
+          paused.push(c)
+          mayChange = false
+          break
+        }
+        case "Restart": {
+          const c = crashed.shift()!
+          c.status = "alive"
+          c.incarnation++
+          c.belief = null
+          trace.log(`c${c.id} restarts as ${holderId(c)}`)
+          mayChange = false
+          break
+        }
+        case "Resume": {
+          const c = paused.shift()!
+          c.status = "alive"
+          trace.log(`${holderId(c)} resumes, still believing term ${c.belief}`)
+          mayChange = false
+          break
         }
       }
 
       // Invariants, checked against the database after every step.
       const after = yield* env.snapshot(name)
-      if (!mayChange) yield* check(JSON.stringify(after) === JSON.stringify(before), "a refused operation changed the row")
+      if (!mayChange) {
+        yield* check(JSON.stringify(after) === JSON.stringify(before), "a refused operation changed the row")
+      }
       const current = yield* leases.current(name)
       if (Option.isSome(current)) {
         const s = current.value
