@@ -9,6 +9,7 @@
 import { Duration, Effect, Schema } from "effect"
 import { SqlClient } from "effect/sql"
 import { pathToFileURL } from "node:url"
+import type { JobContext } from "../src/Task.ts"
 
 // The harness points CHAOS_TASK_LIB at the Task.js of the dist/ copy its workers run, so that the tasks are
 // defined by the code under test even when src/ changes during a run.
@@ -32,7 +33,13 @@ export const chaosTables = (schema: string): ReadonlyArray<string> => [
     started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at timestamptz
   )`,
-  `CREATE INDEX ON "${schema}".chaos_run (msg_id, attempt)`
+  `CREATE INDEX ON "${schema}".chaos_run (msg_id, attempt)`,
+  `CREATE TABLE "${schema}".chaos_callback (
+    msg_id       bigint      NOT NULL,
+    execution_id text        NOT NULL,
+    results      jsonb       NOT NULL,
+    ran_at       timestamptz NOT NULL DEFAULT clock_timestamp()
+  )`
 ]
 
 /** Runs of each job in this process right now. */
@@ -45,21 +52,43 @@ const track = (msgId: string, delta: number) =>
     return now - delta
   })
 
+/** Record a run in `chaos_run`, sleep `ms` (so kills land mid-job), then stamp its end. */
+const recordRun = (ms: number, job: JobContext) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const runs = sql(`${schema}.chaos_run`)
+    const alongside = yield* track(job.msgId, 1)
+    const [run] = yield* sql<{ run_id: number }>`
+      INSERT INTO ${runs} (msg_id, attempt, pid, alongside)
+      VALUES (${job.msgId}::bigint, ${job.attempt}, ${process.pid}, ${alongside})
+      RETURNING run_id`
+    yield* Effect.sleep(Duration.millis(ms))
+    yield* sql`UPDATE ${runs} SET finished_at = clock_timestamp() WHERE run_id = ${run!.run_id}`
+  }).pipe(Effect.ensuring(track(job.msgId, -1)))
+
 export const chaosJob = Task.define({
   name: "chaos.job",
   payload: Schema.Struct({ i: Schema.Number, ms: Schema.Number }),
-  handler: ({ ms }, job) =>
-    Effect.gen(function*() {
-      const sql = yield* SqlClient.SqlClient
-      const runs = sql(`${schema}.chaos_run`)
-      const alongside = yield* track(job.msgId, 1)
-      const [run] = yield* sql<{ run_id: number }>`
-        INSERT INTO ${runs} (msg_id, attempt, pid, alongside)
-        VALUES (${job.msgId}::bigint, ${job.attempt}, ${process.pid}, ${alongside})
-        RETURNING run_id`
-      yield* Effect.sleep(Duration.millis(ms))
-      yield* sql`UPDATE ${runs} SET finished_at = clock_timestamp() WHERE run_id = ${run!.run_id}`
-    }).pipe(Effect.ensuring(track(job.msgId, -1)))
+  handler: ({ ms }, job) => recordRun(ms, job)
 })
 
-export default Task.registry(chaosJob)
+/** A batch of a fan-out: recorded like `chaos.job`, and its result is its index. */
+export const chaosPart = Task.define({
+  name: "chaos.part",
+  payload: Schema.Struct({ i: Schema.Number, ms: Schema.Number }),
+  result: Schema.Struct({ i: Schema.Number }),
+  handler: ({ i, ms }, job) => recordRun(ms, job).pipe(Effect.as({ i }))
+})
+
+/** The fan-out's callback: records the results it received (`chaos_callback`). */
+export const chaosGather = Task.define({
+  name: "chaos.gather",
+  payload: Schema.Struct({ executionId: Schema.String, results: Schema.Array(Schema.Struct({ i: Schema.Number })), context: Schema.Unknown }),
+  handler: ({ executionId, results }, job) =>
+    SqlClient.SqlClient.use((sql) =>
+      sql`INSERT INTO ${sql(`${schema}.chaos_callback`)} (msg_id, execution_id, results)
+          VALUES (${job.msgId}::bigint, ${executionId}, ${JSON.stringify(results.map((r) => r.i))}::jsonb)`
+    )
+})
+
+export default Task.registry(chaosJob, chaosPart, chaosGather)

@@ -1,4 +1,5 @@
 /** effect-pg-queue: what a host app imports. */
+export * as Barrier from "./Barrier.ts"
 export * as Config from "./Config.ts"
 export * as Database from "./Database.ts"
 export * as Embedded from "./Embedded.ts"
