@@ -257,32 +257,40 @@ export const makeBarrier = Effect.fnUntraced(function*(options: BarrierOptions) 
    */
   const complete = Effect.fn("Barrier.complete")(function*(attempt: BatchAttempt, result: unknown) {
     return yield* sql.withTransaction(Effect.gen(function*() {
-      const acked = yield* sql`
-        DELETE FROM ${message} AS m
-        USING (SELECT ${attempt.msgId}::bigint AS msg_id, ${attempt.token}::uuid AS token) AS a
-        WHERE m.msg_id = a.msg_id AND m.claim_token = a.token AND m.state = 'claimed'
-        RETURNING 1`
-      if (acked.length === 0) return "stale" satisfies CompleteResult
-      const counted = yield* sql`
-        INSERT INTO ${markers} (execution_id, batch_index, result)
-        VALUES (${attempt.executionId}, ${attempt.batchIndex}, ${JSON.stringify(result ?? null)}::jsonb)
-        ON CONFLICT (execution_id, batch_index) DO NOTHING
-        RETURNING 1`
-      if (counted.length === 0) return "duplicate" satisfies CompleteResult
-      const [left] = yield* sql<{ remaining: number; org_id: string; callback: CallbackDescriptor }>`
-        UPDATE ${barrierTable} SET remaining = remaining - 1, last_progress_at = now()
-        WHERE execution_id = ${attempt.executionId}
-        RETURNING remaining, org_id, callback`
-      if (left === undefined) return "abandoned" satisfies CompleteResult
-      if (left.remaining > 0) return "pending" satisfies CompleteResult
-      if (left.remaining < 0) {
+      // One statement for the common case: the fenced ack, the marker with the result, the decrement. The
+      // transaction commits asynchronously (a crash undoes all three together: the batch is redelivered and
+      // counted then). The barrier row's lock serialises the decrements, so exactly one caller sees 0.
+      const [row] = yield* sql<{ acked: boolean; counted: boolean; remaining: number | null; org_id: string | null; callback: CallbackDescriptor | null }>`
+        WITH acked AS (
+          DELETE FROM ${message} AS m
+          WHERE m.msg_id = ${attempt.msgId}::bigint AND m.claim_token = ${attempt.token}::uuid AND m.state = 'claimed'
+          RETURNING 1
+        ), counted AS (
+          INSERT INTO ${markers} (execution_id, batch_index, result)
+          SELECT ${attempt.executionId}, ${attempt.batchIndex}, ${JSON.stringify(result ?? null)}::jsonb FROM acked
+          ON CONFLICT (execution_id, batch_index) DO NOTHING
+          RETURNING 1
+        ), left_over AS (
+          UPDATE ${barrierTable} SET remaining = remaining - 1, last_progress_at = now()
+          WHERE execution_id = ${attempt.executionId} AND EXISTS (SELECT 1 FROM counted)
+          RETURNING remaining, org_id, callback
+        )
+        SELECT EXISTS (SELECT 1 FROM acked) AS acked, EXISTS (SELECT 1 FROM counted) AS counted,
+               l.remaining, l.org_id, l.callback, set_config('synchronous_commit', 'off', true) AS relaxed
+        FROM (SELECT 1) AS one LEFT JOIN left_over AS l ON TRUE`
+      if (!row!.acked) return "stale" satisfies CompleteResult
+      if (!row!.counted) return "duplicate" satisfies CompleteResult
+      if (row!.remaining === null) return "abandoned" satisfies CompleteResult
+      if (row!.remaining > 0) return "pending" satisfies CompleteResult
+      if (row!.remaining < 0) {
         yield* Effect.logError(
-          `barrier ${attempt.executionId}: remaining went below 0 (${left.remaining}); tearing it down, no callback`
+          `barrier ${attempt.executionId}: remaining went below 0 (${row!.remaining}); tearing it down, no callback`
         )
         yield* sql`DELETE FROM ${barrierTable} WHERE execution_id = ${attempt.executionId}`
         return "abandoned" satisfies CompleteResult
       }
-      yield* fireCallback(attempt.executionId, left.org_id, left.callback)
+      // A new statement, so a new snapshot: every other batch's marker committed before we got the row lock.
+      yield* fireCallback(attempt.executionId, row!.org_id ?? "", row!.callback!)
       return "complete" satisfies CompleteResult
     }))
   })
