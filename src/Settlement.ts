@@ -4,18 +4,59 @@
  * (`Barrier.complete`); a batch that fails for good aborts its execution; a callback's end marks the
  * execution COMPLETED or ERROR. Every write is fenced by the attempt, so a zombie attempt changes nothing.
  */
-import { Effect, Metric, Option } from "effect"
+import { Cause, Effect, Metric, Option } from "effect"
 import type { Barrier, BatchAttempt } from "./Barrier.ts"
+import * as ErrorText from "./ErrorText.ts"
 import * as Metrics from "./Metrics.ts"
 import { findUnstorable } from "./Json.ts"
 import type { Attempt, ClaimedJob, Queue } from "./Queue.ts"
-import { backoffSeconds, defaultBackoff, type Outcome, type TaskRegistry } from "./Task.ts"
+import { backoffSeconds, defaultBackoff, type JobContext, type Outcome, type TaskRegistry } from "./Task.ts"
 
 /** What the worker does with a job: the task's outcome, put off (unknown task), or skipped (ended execution). */
 export type Disposition =
   | Outcome
   | { readonly _tag: "Deferred"; readonly reason: string }
   | { readonly _tag: "Skipped"; readonly reason: string }
+
+const jobContext = (job: ClaimedJob): JobContext => ({
+  msgId: job.msgId,
+  task: job.task,
+  queue: job.queue,
+  attempt: job.attempt,
+  maxAttempts: job.maxAttempts,
+  orgId: job.orgId,
+  enqueuedAt: job.enqueuedAt,
+  executionId: job.executionId,
+  batchIndex: job.batchIndex
+})
+
+/** Run a claimed job, or decide not to: what happens to it is its disposition. Never fails. */
+export const dispositionOf = <R>(registry: TaskRegistry<R>, job: ClaimedJob): Effect.Effect<Disposition, never, R> => {
+  const task = registry.tasks.get(job.task)
+  if (task === undefined) {
+    return Effect.succeed({
+      _tag: "Deferred",
+      reason: `unknown task ${JSON.stringify(job.task)}: not in this worker's registry (${[...registry.tasks.keys()].join(", ")})`
+    })
+  }
+  if (!job.barrierLive) {
+    return Effect.succeed({ _tag: "Skipped", reason: `execution ${job.executionId} has already ended` })
+  }
+  if (job.attempt > job.maxAttempts) {
+    return Effect.succeed({
+      _tag: "Rejected",
+      reason: `exceeded max_attempts (${job.maxAttempts}): attempt ${job.attempt} was claimed after earlier leases expired`
+    })
+  }
+  // Task is an interface: a hand-written `execute` could still die, and the job must not stay claimed.
+  return task.execute(job.payload, jobContext(job)).pipe(
+    Effect.catchCause((cause) =>
+      Cause.hasInterruptsOnly(cause)
+        ? Effect.failCause(cause)
+        : Effect.succeed<Outcome>({ _tag: "Failed", action: "retry", error: ErrorText.describeCause(cause) })
+    )
+  )
+}
 
 /** Backoff of a job whose task this worker does not know: 5 s doubling to 5 minutes. */
 const UNKNOWN_TASK_BACKOFF = { baseSeconds: 5, maxSeconds: 300 }

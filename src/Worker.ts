@@ -9,19 +9,20 @@
  * is interrupted; after a stall long enough to get it pruned it claims nothing until it has found out which
  * attempts it lost.
  */
-import { Cause, Clock, Context, Duration, Effect, Fiber, FiberSet, Layer, Metric, Option, Queue as Q, Ref, Schedule, Semaphore } from "effect"
+import { Clock, Context, Duration, Effect, Fiber, FiberSet, Layer, Metric, Option, Queue as Q, Ref, Schedule, Semaphore } from "effect"
 import type { SqlClient } from "effect/sql"
 import type { PgqSettings } from "./Config.ts"
 import { Barrier } from "./Barrier.ts"
-import * as ErrorText from "./ErrorText.ts"
 import * as ExecutionStatus from "./ExecutionStatus.ts"
 import * as Health from "./Health.ts"
 import * as Metrics from "./Metrics.ts"
 import { ProcessRegistry } from "./ProcessRegistry.ts"
-import { type Attempt, attemptKey, type ClaimedJob, Queue } from "./Queue.ts"
+import { makeAcker } from "./Acker.ts"
+import { makeHeldJobs } from "./HeldJobs.ts"
+import { type Attempt, type ClaimedJob, Queue } from "./Queue.ts"
 import * as Wakeup from "./Wakeup.ts"
-import { type Disposition, makeSettlement } from "./Settlement.ts"
-import type { JobContext, Outcome, TaskRegistry } from "./Task.ts"
+import { dispositionOf, makeSettlement } from "./Settlement.ts"
+import type { TaskRegistry } from "./Task.ts"
 
 export interface WorkerOptions {
   readonly schema: string
@@ -68,17 +69,6 @@ export interface WorkerStatus {
   readonly processed: number
 }
 
-/** A job this worker has claimed: waiting for a slot (prefetched), started, or found lost. */
-interface Held {
-  readonly job: ClaimedJob
-  /** When (local clock, at sending) the claim or the last renewal that confirmed it was sent. */
-  confirmedAt: number
-  started: boolean
-  /** Its outcome is being recorded: the row may already have moved on, which is not a lost lease. */
-  settling: boolean
-  fiber: Fiber.Fiber<void> | undefined
-}
-
 /**
  * Delay between polls: none after a poll that claimed work, otherwise doubling from `minMs` to
  * `maxMs` (0.1 s, 0.2 s, 0.4 s … 2 s with the defaults), reset by the next poll that finds work.
@@ -99,26 +89,8 @@ export const pollSchedule = (minMs: number, maxMs: number): Schedule.Schedule<nu
     })
   )
 
-/** How long a finished job's ack may wait for a claim to ride along with before it is sent on its own. */
-const ACK_GATHER = Duration.millis(5)
-
-/** Pause before acks that could not be written are tried again. */
-const ACK_RETRY = Duration.millis(500)
-
 /** Recording an outcome (fail, dead-letter, defer) is retried through a brief outage: fenced, so safe. */
 const SETTLE_RETRY = { schedule: Schedule.exponential(Duration.millis(200)), times: 5 }
-
-const jobContext = (job: ClaimedJob): JobContext => ({
-  msgId: job.msgId,
-  task: job.task,
-  queue: job.queue,
-  attempt: job.attempt,
-  maxAttempts: job.maxAttempts,
-  orgId: job.orgId,
-  enqueuedAt: job.enqueuedAt,
-  executionId: job.executionId,
-  batchIndex: job.batchIndex
-})
 
 export class Worker extends Context.Service<Worker, {
   readonly processId: string
@@ -132,61 +104,21 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
   const queue = yield* Queue
   const processes = yield* ProcessRegistry
   const barrier = yield* Barrier
-  const scope = yield* Effect.scope
 
   const prefetch = options.prefetch ?? 0
-  // Acks ride along with claims only with a prefetch buffer. Without one, the next claim is on the critical
-  // path and a separate ack, on another connection, runs in parallel with it: measured 5.3k vs 4.2k jobs/s
-  // (1 × 10, no-op). With a buffer, riding along saves a statement per batch: 9.2k vs 8.6k (prefetch 30).
-  const acksRide = prefetch > 0
   const capacity = options.concurrency + prefetch
   const statementTimeout = Duration.millis(options.statementTimeoutMs ?? 10_000)
-  const held = new Map<string, Held>()
   const slots = yield* Semaphore.make(options.concurrency)
-  let draining = false
   const lastPollAt = yield* Ref.make(yield* Clock.currentTimeMillis)
-  const processed = yield* Ref.make(0)
   const polls = yield* Ref.make(0)
   const slotFreed = yield* Q.sliding<void>(1)
   const wakeups = yield* Q.sliding<void>(1)
-  const acks = yield* Q.unbounded<Attempt>()
-  const acksWaiting = yield* Q.sliding<void>(1)
-  const queueAck = (attempt: Attempt) => Q.offer(acks, attempt).pipe(Effect.andThen(Q.offer(acksWaiting, undefined)))
   const jobs = yield* FiberSet.make<void>()
-
-  const startedCount = () => [...held.values()].filter((h) => h.started).length
-  const gaugeInFlight = Effect.suspend(() => Metric.update(Metrics.inFlight, startedCount()))
-
-  /**
-   * Find out which held attempts are still ours (one renewal statement): a prefetched attempt that is not
-   * is dropped, a running one is interrupted (its outcome would be refused by the fence anyway, and it must
-   * not run on beside the attempt that replaced it).
-   */
-  const renewLeases = (stops: "await" | "background") => Effect.gen(function*() {
-    const entries = [...held.entries()].filter(([, h]) => !h.settling)
-    if (entries.length === 0) return
-    const sentAt = yield* Clock.currentTimeMillis
-    const renewed = yield* queue.extend(entries.map(([, h]) => h.job), options.leaseSeconds)
-    for (const [, h] of entries) if (renewed.has(h.job.token)) h.confirmedAt = sentAt
-    const lost = entries.filter(([key, h]) => !renewed.has(h.job.token) && held.get(key) === h && !h.settling)
-    if (lost.length === 0) return
-    for (const [key] of lost) held.delete(key)
-    yield* Metric.update(Metrics.leaseRenewFailures, lost.length)
-    yield* Effect.logWarning(
-      `lease lost for job(s) ${lost.map(([, h]) => `${h.job.msgId} (attempt ${h.job.attempt})`).join(", ")}: ` +
-        "stopping them; the database gave them to another claim"
-    )
-    // On the renewal schedule, interrupted in the background: a handler slow to stop must not hold up the
-    // renewal of the others. After a prune, awaited: nothing is claimed again before the lost runs stopped.
-    const fibers = lost.flatMap(([, h]) => h.fiber === undefined ? [] : [h.fiber])
-    const interrupt = Effect.forEach(fibers, Fiber.interrupt, { concurrency: "unbounded", discard: true })
-    yield* stops === "await" ? interrupt : Effect.forkIn(interrupt, scope)
-    yield* gaugeInFlight
-  })
-
-  const checkLeases = renewLeases("background").pipe(
-    Effect.catchCause((cause) => Effect.logWarning("lease renewal failed; retrying next tick", cause))
-  )
+  const held = yield* makeHeldJobs(options)
+  // Acks ride along with claims only with a prefetch buffer. Without one, the next claim is on the critical
+  // path and a separate ack, on another connection, runs in parallel with it: measured 5.3k vs 4.2k jobs/s
+  // (1 × 10, no-op). With a buffer, riding along saves a statement per batch: 9.2k vs 8.6k (prefetch 30).
+  const acker = yield* makeAcker({ ride: prefetch > 0, statementTimeout })
 
   const registration = yield* processes.register({
     kind: "worker",
@@ -194,7 +126,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
     every: options.heartbeatSeconds,
     staleSeconds: options.processStaleSeconds,
     // Pruned during a stall: every claim we held was freed. Stop what is no longer ours before claiming again.
-    onPruned: renewLeases("await").pipe(Effect.orDie)
+    onPruned: held.renew("await").pipe(Effect.orDie)
   })
   const processId = registration.processId
 
@@ -203,114 +135,36 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
     barrier,
     registry,
     unknownTaskGraceSeconds: options.unknownTaskGraceSeconds ?? 3600,
-    ack: queueAck
+    ack: acker.add
   })
 
-  const outcomeOf = (job: ClaimedJob): Effect.Effect<Disposition, never, R> => {
-    const task = registry.tasks.get(job.task)
-    if (task === undefined) {
-      return Effect.succeed({
-        _tag: "Deferred",
-        reason: `unknown task ${JSON.stringify(job.task)}: not in this worker's registry (${[...registry.tasks.keys()].join(", ")})`
-      })
-    }
-    if (!job.barrierLive) {
-      return Effect.succeed({ _tag: "Skipped", reason: `execution ${job.executionId} has already ended` })
-    }
-    if (job.attempt > job.maxAttempts) {
-      return Effect.succeed({
-        _tag: "Rejected",
-        reason: `exceeded max_attempts (${job.maxAttempts}): attempt ${job.attempt} was claimed after earlier leases expired`
-      })
-    }
-    // Task is an interface: a hand-written `execute` could still die, and the job must not stay claimed.
-    return task.execute(job.payload, jobContext(job)).pipe(
-      Effect.catchCause((cause) =>
-        Cause.hasInterruptsOnly(cause)
-          ? Effect.failCause(cause)
-          : Effect.succeed<Outcome>({ _tag: "Failed", action: "retry", error: ErrorText.describeCause(cause) })
-      )
-    )
-  }
-
   const runJob = (key: string, job: ClaimedJob) =>
-    outcomeOf(job).pipe(
-      // From here on the outcome is being written: a renewal that no longer finds the row is not a loss.
-      Effect.tap(() =>
-        Effect.sync(() => {
-          const entry = held.get(key)
-          if (entry !== undefined) entry.settling = true
-        })
-      ),
-      Effect.flatMap((outcome) => settle(job, outcome).pipe(Effect.retry(SETTLE_RETRY))),
+    dispositionOf(registry, job).pipe(
+      Effect.tap(() => held.settling(key)),
+      Effect.flatMap((disposition) => settle(job, disposition).pipe(Effect.retry(SETTLE_RETRY))),
       Effect.catchCause((cause) => Effect.logError(`job ${job.msgId} (${job.task}): could not record its outcome`, cause)),
       Effect.annotateLogs({ msg_id: job.msgId, task: job.task, attempt: job.attempt })
-    )
-
-  /**
-   * How long a belief stays trusted without asking the database: well inside both the lease (renewed every
-   * third of it) and the stale timeout (after which a pruner may free our claims). Past it — after a stall
-   * (a GC pause, a blocked event loop, a SIGSTOP) — a job is confirmed before it starts.
-   */
-  const trustMs = (Math.min(options.leaseSeconds, options.processStaleSeconds) * 1000 * 2) / 3
-  const isTrusted = (entry: Held) =>
-    Effect.gen(function*() {
-      const now = yield* Clock.currentTimeMillis
-      const registered = yield* registration.confirmedAt
-      return now - Math.min(entry.confirmedAt, registered) < trustMs
-    })
-
-  /**
-   * Take a slot and mark the job started, unless shutdown began or the attempt is no longer ours: a job
-   * whose claim is not recently confirmed is renewed first, and dropped when the renewal is refused.
-   */
-  const admit = (key: string) =>
-    Effect.gen(function*() {
-      const entry = held.get(key)
-      if (draining || entry === undefined) return false
-      if (!(yield* isTrusted(entry))) {
-        // Unconfirmable (the database is away): not started; its lease expires and it is claimed again.
-        yield* renewLeases("await").pipe(
-          Effect.catchCause((cause) =>
-            Effect.logWarning(`job ${entry.job.msgId}: its claim could not be confirmed; not starting it`, cause)
-              .pipe(Effect.andThen(Effect.sync(() => held.delete(key))))
-          )
-        )
-      }
-      if (draining || held.get(key) !== entry) return false
-      entry.started = true
-      return true
-    })
-
-  const finished = (key: string) =>
-    Effect.sync(() => held.delete(key)).pipe(
-      Effect.andThen(gaugeInFlight),
-      Effect.andThen(Q.offer(slotFreed, undefined))
     )
 
   /** Hold a claimed job and queue it for a slot. */
   const start = (job: ClaimedJob, confirmedAt: number) =>
     Effect.gen(function*() {
-      const key = attemptKey(job)
-      const entry: Held = { job, confirmedAt, started: false, settling: false, fiber: undefined }
-      held.set(key, entry)
-      entry.fiber = yield* FiberSet.run(
-        jobs,
-        slots.withPermits(1)(
-          admit(key).pipe(
-            Effect.flatMap((admitted) =>
-              admitted ? gaugeInFlight.pipe(Effect.andThen(runJob(key, job)), Effect.ensuring(finished(key))) : Effect.void
-            )
-          )
+      const key = held.hold(job, confirmedAt)
+      const run = held.admit(key, registration.confirmedAt).pipe(
+        Effect.flatMap((admitted) =>
+          admitted
+            ? runJob(key, job).pipe(Effect.ensuring(held.done(key).pipe(Effect.andThen(Q.offer(slotFreed, undefined)))))
+            : Effect.void
         )
       )
+      held.attach(key, yield* FiberSet.run(jobs, slots.withPermits(1)(run)))
     })
 
   /**
    * Room for the next claim. With a prefetch buffer, claim again only once it is half empty, so claims
    * stay batched instead of following each finished job one by one.
    */
-  const room = () => held.size > options.concurrency + Math.floor(prefetch / 2) ? 0 : capacity - held.size
+  const room = () => held.size() > options.concurrency + Math.floor(prefetch / 2) ? 0 : capacity - held.size()
 
   /**
    * Ack what is waiting, claim into the free room and hold what was claimed: uninterruptible (bounded by the
@@ -318,13 +172,12 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
    */
   const claimAndHold = (free: number) =>
     Effect.gen(function*() {
-      // Finished jobs waiting for their ack ride along with the claim (given back to the acker if it fails).
-      const toAck = acksRide ? yield* Q.clear(acks) : []
+      const toAck = yield* acker.takeForClaim
       const sentAt = yield* Clock.currentTimeMillis
       const [elapsed, result] = yield* queue
         .ackAndClaim(toAck, { queues: options.queues, limit: free, leaseSeconds: options.leaseSeconds, processId, registered: true })
-        .pipe(Effect.timed, Effect.onError(() => Q.offerAll(acks, toAck)))
-      yield* recordAcks(toAck, result.acked)
+        .pipe(Effect.timed, Effect.onError(() => acker.giveBack(toAck)))
+      yield* acker.record(toAck, result.acked)
       yield* Metric.update(Metrics.claimLatency, Duration.toSeconds(elapsed))
       yield* Effect.forEach(result.claimed, (job) => start(job, sentAt), { discard: true })
       return result
@@ -350,68 +203,12 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
     Effect.catchCause((cause) => Effect.logWarning("poll cycle failed; backing off", cause).pipe(Effect.as(0)))
   )
 
-  const recordAcks = (attempts: ReadonlyArray<Attempt>, acked: ReadonlySet<string>) =>
-    Effect.all([
-      Metric.update(Metrics.jobsProcessed, acked.size),
-      Ref.update(processed, (n) => n + acked.size),
-      acked.size < attempts.length
-        ? Metric.update(Metrics.jobsStale, attempts.length - acked.size).pipe(
-          Effect.andThen(Effect.logWarning(
-            `${attempts.length - acked.size} ack(s) refused by the attempt fence: those jobs were re-claimed elsewhere (possible double run)`
-          ))
-        )
-        : Effect.void
-    ], { discard: true })
-
-  /** Ack `attempts`; false when the statement failed (they will be redelivered after their lease). */
-  const flushAcks = (attempts: ReadonlyArray<Attempt>) =>
-    attempts.length === 0 ? Effect.succeed(true) : queue.ackMany(attempts).pipe(
-      Effect.flatMap((acked) => recordAcks(attempts, acked)),
-      Effect.as(true),
-      Effect.catchCause((cause) =>
-        Effect.logError(`ack of ${attempts.length} job(s) failed; they will be redelivered after their lease`, cause)
-          .pipe(Effect.as(false))
-      )
-    )
-
-  /**
-   * The reaper's redelivery work for our own queues, on its own schedule (not only when idle: a busy worker
-   * must not leave due retries waiting behind its backlog), so a dead reaper delays nothing: promote due
-   * jobs and re-arm expired claims every poll interval (at least 250 ms), one bounded batch each; prune
-   * dead processes (freeing their claims at once) every heartbeat.
-   */
-  const maintenanceEvery = Duration.millis(Math.max(options.pollIntervalMs, 250))
-  const heartbeatsPerMaintenance = Math.max(1, Math.round((options.heartbeatSeconds * 1000) / Duration.toMillis(maintenanceEvery)))
-  let maintenanceRound = 0
-  const maintain = Effect.gen(function*() {
-    maintenanceRound += 1
-    const promoted = yield* queue.promoteDue({ queues: options.queues, limit: 100 })
-    yield* queue.rearmExpired({ queues: options.queues, limit: 100 })
-    if (maintenanceRound % heartbeatsPerMaintenance === 0) yield* processes.pruneStale()
-    if (promoted > 0) yield* Q.offer(wakeups, undefined)
-  }).pipe(Effect.catchCause((cause) => Effect.logWarning("worker maintenance failed; retrying", cause)))
-  yield* maintain.pipe(Effect.repeat(Schedule.spaced(maintenanceEvery)), Effect.delay(maintenanceEvery), Effect.forkScoped)
-
+  yield* forkMaintenance(options, Q.offer(wakeups, undefined))
   const renewEvery = Duration.millis(Math.max(100, (options.leaseSeconds * 1000) / 3))
-  yield* checkLeases.pipe(Effect.delay(renewEvery), Effect.repeat(Schedule.spaced(renewEvery)), Effect.forkScoped)
-  // The acker flushes what no claim picked up within ACK_GATHER (an idle or full worker claims rarely).
-  const acker = yield* Q.take(acksWaiting).pipe(
-    Effect.delay(acksRide ? ACK_GATHER : Duration.zero),
-    // Uninterruptible once taken: shutdown waits for this flush instead of losing the acks it holds.
-    Effect.andThen(Effect.uninterruptible(Q.clear(acks).pipe(
-      Effect.flatMap((left) =>
-        flushAcks(left).pipe(
-          // The database is away (a restart, a killed connection): keep them and try again shortly. The
-          // fence makes a retry safe; an attempt whose lease ran out meanwhile is refused, never acked twice.
-          Effect.flatMap((written) =>
-            written
-              ? Effect.void
-              : Q.offerAll(acks, left).pipe(Effect.andThen(Q.offer(acksWaiting, undefined)), Effect.delay(ACK_RETRY))
-          )
-        )
-      )
-    ))),
-    Effect.forever,
+  yield* held.renew("background").pipe(
+    Effect.catchCause((cause) => Effect.logWarning("lease renewal failed; retrying next tick", cause)),
+    Effect.delay(renewEvery),
+    Effect.repeat(Schedule.spaced(renewEvery)),
     Effect.forkScoped
   )
   if (options.listen === true) {
@@ -431,11 +228,9 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
 
   /** Jobs never started go back to the queue at once, so other workers run them without waiting for us. */
   const handBackWaiting = Effect.gen(function*() {
-    draining = true
-    const waiting = [...held.entries()].filter(([, h]) => !h.started)
-    for (const [key] of waiting) held.delete(key)
+    const waiting = yield* held.stopAdmitting
     if (waiting.length === 0) return
-    const released = yield* queue.release(waiting.map(([, h]) => h.job)).pipe(Effect.orElseSucceed(() => 0))
+    const released = yield* queue.release(waiting).pipe(Effect.orElseSucceed(() => 0))
     yield* Metric.update(Metrics.jobsReleased, released)
     yield* Effect.logInfo(`shutdown: handed back ${released} prefetched job(s) that had not started`)
   })
@@ -462,34 +257,28 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
   // drain within the grace period, flush acks, release the rest — each database step bounded.
   yield* Effect.addFinalizer(() =>
     Effect.gen(function*() {
-      draining = true
       yield* Fiber.interrupt(poller)
       yield* handBackWaiting.pipe(Effect.timeout(statementTimeout), Effect.ignore)
       const drained = yield* FiberSet.awaitEmpty(jobs).pipe(
         Effect.timeoutOption(Duration.seconds(options.shutdownGraceSeconds))
       )
-      const unfinished = [...held.values()].map((h) => h.job)
+      const unfinished = yield* held.unfinished
       if (Option.isNone(drained)) yield* FiberSet.clear(jobs)
-      yield* Fiber.interrupt(acker)
-      const acksWritten = yield* flushAcks(yield* Q.clear(acks)).pipe(
-        Effect.timeoutOption(statementTimeout),
-        Effect.map(Option.getOrElse(() => false))
-      )
-      yield* releaseAll(acksWritten, unfinished)
+      yield* releaseAll(yield* acker.stop, unfinished)
       yield* Effect.logInfo(`worker ${processId} drained`)
     })
   )
 
   const status = Effect.gen(function*() {
     const now = yield* Clock.currentTimeMillis
-    const started = startedCount()
+    const started = held.started()
     return {
       processId,
       inFlight: started,
-      prefetched: held.size - started,
+      prefetched: held.size() - started,
       secondsSinceLastPoll: (now - (yield* Ref.get(lastPollAt))) / 1000,
       polls: yield* Ref.get(polls),
-      processed: yield* Ref.get(processed)
+      processed: yield* acker.processed
     }
   })
 
@@ -497,6 +286,28 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
     `worker ${processId} started: queues=${options.queues.join(",")} concurrency=${options.concurrency} prefetch=${prefetch} lease=${options.leaseSeconds}s tasks=${[...registry.tasks.keys()].join(",")}`
   )
   return Worker.of({ processId, status })
+})
+
+/**
+ * The reaper's redelivery work for our own queues, on its own schedule (not only when idle: a busy worker
+ * must not leave due retries waiting behind its backlog), so a dead reaper delays nothing: promote due
+ * jobs and re-arm expired claims every poll interval (at least 250 ms), one bounded batch each; prune
+ * dead processes (freeing their claims at once) every heartbeat. `wake` when it promoted something.
+ */
+const forkMaintenance = Effect.fnUntraced(function*(options: WorkerOptions, wake: Effect.Effect<unknown>) {
+  const queue = yield* Queue
+  const processes = yield* ProcessRegistry
+  const every = Duration.millis(Math.max(options.pollIntervalMs, 250))
+  const pruneEvery = Math.max(1, Math.round((options.heartbeatSeconds * 1000) / Duration.toMillis(every)))
+  const round = yield* Ref.make(0)
+  const maintain = Effect.gen(function*() {
+    const n = yield* Ref.updateAndGet(round, (r) => r + 1)
+    const promoted = yield* queue.promoteDue({ queues: options.queues, limit: 100 })
+    yield* queue.rearmExpired({ queues: options.queues, limit: 100 })
+    if (n % pruneEvery === 0) yield* processes.pruneStale()
+    if (promoted > 0) yield* wake
+  }).pipe(Effect.catchCause((cause) => Effect.logWarning("worker maintenance failed; retrying", cause)))
+  yield* maintain.pipe(Effect.repeat(Schedule.spaced(every)), Effect.delay(every), Effect.forkScoped)
 })
 
 /** Worker options from the validated settings. */
