@@ -86,3 +86,12 @@ export class StatusWriteFailed extends Schema.TaggedError<StatusWriteFailed>()("
     return `cannot mark execution ${JSON.stringify(this.executionId)} ${this.status}: ${this.reason}`
   }
 }
+
+/** No execution has this id: no status, barrier, batches, jobs or dead letters (operator commands). */
+export class ExecutionNotFound extends Schema.TaggedError<ExecutionNotFound>()("ExecutionNotFound", {
+  executionId: Schema.String
+}) {
+  override get message() {
+    return `no execution ${JSON.stringify(this.executionId)}: no status, barrier, batches, jobs or dead letters`
+  }
+}

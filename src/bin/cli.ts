@@ -1,12 +1,16 @@
 /**
- * `node dist/cli.js`: migrate, enqueue, status, dead-letter list/replay, and `dev` (the demo behind
- * `npm start`). Database layers are provided inside each handler, so `--help` needs no DATABASE_URL.
+ * `node dist/cli.js`: migrate, enqueue, status, dead-letter list/replay, execution show/stop, barrier list,
+ * and `dev` (the demo behind `npm start`). Database layers are provided inside each handler, so `--help`
+ * needs no DATABASE_URL.
  */
 import * as NodeServices from "@effect/platform-node/NodeServices"
-import { Console, Effect, Schema } from "effect"
+import { Console, Effect, Layer, Schema } from "effect"
 import { Argument, Command, Flag } from "effect/cli"
+import { Barrier } from "../Barrier.ts"
 import { parseSettings } from "../Config.ts"
-import { InvalidConfig } from "../Errors.ts"
+import { InvalidConfig, StatusWriteFailed } from "../Errors.ts"
+import { ExecutionStatus } from "../ExecutionStatus.ts"
+import * as Executions from "../Executions.ts"
 import { databaseLayer, loggerLayer, runMain } from "../Main.ts"
 import { migrate } from "../Migrations.ts"
 import { formatStats, Queue } from "../Queue.ts"
@@ -22,6 +26,18 @@ const withQueue = <A, E, R>(effect: Effect.Effect<A, E, R | Queue>) =>
       Effect.provide(Queue.fromSettings(s)),
       Effect.provide(databaseLayer(s, "pgq-cli", 4))
     )
+  })
+
+/** Run `effect` with the operator's view of executions (and the Barrier, for stop) over DATABASE_URL. */
+const withExecutions = <A, E, R>(effect: Effect.Effect<A, E, R | Executions.Executions | Queue>) =>
+  Effect.gen(function*() {
+    const s = yield* settings
+    const services = Executions.Executions.layer({ schema: s.schema, stuckTimeoutSeconds: s.stuckTimeoutSeconds }).pipe(
+      Layer.provide(Barrier.layer({ schema: s.schema, ttlSeconds: s.barrierTtlSeconds })),
+      Layer.provideMerge(Queue.fromSettings(s)),
+      Layer.provideMerge(ExecutionStatus.fromSettings(s))
+    )
+    return yield* effect.pipe(Effect.provide(services), Effect.provide(databaseLayer(s, "pgq-cli", 4)))
   })
 
 const migrateCommand = Command.make("migrate", {}, () =>
@@ -62,10 +78,20 @@ const statusCommand = Command.make(
   "status",
   { json: Flag.Boolean("json").pipe(Flag.withDefault(false)) },
   ({ json }) =>
-    withQueue(Queue.use((q) => q.stats())).pipe(
-      Effect.flatMap((stats) => Console.log(json ? JSON.stringify(stats, null, 2) : formatStats(stats)))
-    )
-).pipe(Command.withDescription("Per-queue counts: ready, scheduled, claimed, dead-lettered, oldest ready age"))
+    Effect.gen(function*() {
+      const s = yield* settings
+      const [queues, barriers] = yield* withExecutions(
+        Effect.all([Queue.use((q) => q.stats()), Executions.Executions.use((e) => e.counts)])
+      )
+      yield* Console.log(
+        json
+          ? JSON.stringify({ queues, barriers }, null, 2)
+          : `${formatStats(queues)}\n\n${Executions.formatCounts(barriers, s.stuckTimeoutSeconds)}`
+      )
+    })
+).pipe(Command.withDescription(
+  "Per-queue counts (ready, scheduled, claimed, dead-lettered, oldest ready age); live and stranded barriers"
+))
 
 const listDead = Command.make(
   "list",
@@ -109,6 +135,61 @@ const deadLetter = Command.make("dead-letter").pipe(
   Command.withSubcommands([listDead, replayDead])
 )
 
+const executionId = Argument.String("execution-id").pipe(Argument.withDescription("The execution's id"))
+const jsonFlag = Flag.Boolean("json").pipe(Flag.withDescription("Print JSON"), Flag.withDefault(false))
+
+const showExecution = Command.make("show", { id: executionId, json: jsonFlag }, ({ id, json }) =>
+  Effect.gen(function*() {
+    const s = yield* settings
+    const view = yield* withExecutions(Executions.Executions.use((e) => e.show(id)))
+    yield* Console.log(json ? JSON.stringify(view, null, 2) : Executions.formatExecution(view, s.stuckTimeoutSeconds))
+  })).pipe(Command.withDescription(
+    "Status, barrier progress, batches done / pending / dead-lettered, and the callback of one execution"
+  ))
+
+const stopExecution = Command.make("stop", { id: executionId }, ({ id }) =>
+  Effect.gen(function*() {
+    const result = yield* withExecutions(Executions.Executions.use((e) => e.stop(id)))
+    if (result.outcome === "unconfirmed") {
+      return yield* new StatusWriteFailed({
+        executionId: id,
+        status: "STOPPED",
+        reason: "the status store did not confirm the mark; nothing was removed (try again)"
+      })
+    }
+    yield* Console.log(Executions.formatStop(result))
+  })).pipe(Command.withDescription(
+    "Stop an execution: STOPPED, batches not started are removed, running ones are not counted"
+  ))
+
+const execution = Command.make("execution").pipe(
+  Command.withDescription("Inspect or stop a fan-out execution"),
+  Command.withSubcommands([showExecution, stopExecution])
+)
+
+const listBarriers = Command.make(
+  "list",
+  {
+    stranded: Flag.Boolean("stranded").pipe(
+      Flag.withDescription("Only barriers the reaper would recover: expired, or no progress for PGQ_STUCK_TIMEOUT_SECONDS"),
+      Flag.withDefault(false)
+    ),
+    limit: Flag.Int("limit").pipe(Flag.withDefault(50)),
+    json: jsonFlag
+  },
+  ({ json, limit, stranded }) =>
+    Effect.gen(function*() {
+      if (limit < 1) return yield* new InvalidConfig({ variable: "--limit", reason: `must be at least 1, got ${limit}` })
+      const barriers = yield* withExecutions(Executions.Executions.use((e) => e.list({ stranded, limit })))
+      yield* Console.log(json ? JSON.stringify(barriers, null, 2) : Executions.formatBarriers(barriers, stranded))
+    })
+).pipe(Command.withDescription("Live barriers with their progress and age, the first to expire first"))
+
+const barrier = Command.make("barrier").pipe(
+  Command.withDescription("Inspect fan-in barriers"),
+  Command.withSubcommands([listBarriers])
+)
+
 const devCommand = Command.make(
   "dev",
   { jobs: Flag.Int("jobs").pipe(Flag.withDescription("Demo jobs to enqueue"), Flag.withDefault(500)) },
@@ -121,7 +202,15 @@ const devCommand = Command.make(
 
 const cli = Command.make("pgq").pipe(
   Command.withDescription("effect-pg-queue: a Postgres-native job runtime"),
-  Command.withSubcommands([migrateCommand, enqueueCommand, statusCommand, deadLetter, devCommand])
+  Command.withSubcommands([
+    migrateCommand,
+    enqueueCommand,
+    statusCommand,
+    deadLetter,
+    execution,
+    barrier,
+    devCommand
+  ])
 )
 
 const program = Effect.gen(function*() {
