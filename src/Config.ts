@@ -19,7 +19,12 @@ export interface PgqSettings {
   readonly prefetch: number
   /** Enqueues NOTIFY after commit; workers LISTEN (not behind PgBouncer) and wake at once. */
   readonly notify: boolean
+  /** Worker processes under one supervisor; 1 = no supervisor. Clamped to `MAX_PROCESSES`. */
   readonly processes: number
+  /** A supervised child drains and is replaced after this many jobs (unset: never). */
+  readonly maxJobsPerProcess: Option.Option<number>
+  /** A supervised child drains and is replaced once its resident memory passes this many MiB (unset: never). */
+  readonly maxRssMb: Option.Option<number>
   readonly vtSeconds: number
   readonly maxAttempts: number
   readonly pollIntervalMs: number
@@ -144,6 +149,19 @@ const statusUrl = (value: string): Effect.Effect<string, InvalidConfig> => {
     : Effect.fail(new InvalidConfig({ variable: "PGQ_STATUS_URL", reason: problem }))
 }
 
+/** The most worker processes one supervisor runs; more is clamped (with a warning), as in the reference. */
+export const MAX_PROCESSES = 64
+
+const processesFrom = (env: Env) =>
+  positiveInt(env, "PGQ_PROCESSES", 1).pipe(
+    Effect.tap((n) =>
+      n > MAX_PROCESSES
+        ? Effect.logWarning(`PGQ_PROCESSES=${n} is above ${MAX_PROCESSES}: running ${MAX_PROCESSES} processes`)
+        : Effect.void
+    ),
+    Effect.map((n) => Math.min(n, MAX_PROCESSES))
+  )
+
 const ensure = (condition: boolean, variable: string, reason: string) =>
   condition ? Effect.void : Effect.fail(new InvalidConfig({ variable, reason }))
 
@@ -164,7 +182,13 @@ export const parseSettings = Effect.fnUntraced(function*(env: Env) {
     tasks: raw(env, "PGQ_TASKS"),
     concurrency: yield* positiveInt(env, "PGQ_CONCURRENCY", 10),
     prefetch: yield* withDefault(env, "PGQ_PREFETCH", 0, decodeVar("PGQ_PREFETCH", "an integer >= 0", NonNegativeInt)),
-    processes: yield* positiveInt(env, "PGQ_PROCESSES", 1),
+    processes: yield* processesFrom(env),
+    maxJobsPerProcess: yield* optional(
+      env,
+      "PGQ_MAX_JOBS_PER_PROCESS",
+      decodeVar("PGQ_MAX_JOBS_PER_PROCESS", "a positive integer", PositiveInt)
+    ),
+    maxRssMb: yield* optional(env, "PGQ_MAX_RSS_MB", decodeVar("PGQ_MAX_RSS_MB", "a positive number", PositiveNumber)),
     vtSeconds,
     maxAttempts: yield* positiveInt(env, "PGQ_MAX_ATTEMPTS", 5),
     pollIntervalMs,
