@@ -95,3 +95,15 @@ export class ExecutionNotFound extends Schema.TaggedError<ExecutionNotFound>()("
     return `no execution ${JSON.stringify(this.executionId)}: no status, barrier, batches, jobs or dead letters`
   }
 }
+
+/** The OS would not start a worker process (EAGAIN, ENOMEM, a missing entry file). */
+export class ForkFailed extends Schema.TaggedError<ForkFailed>()("ForkFailed", {
+  slot: Schema.Number,
+  processes: Schema.Number,
+  reason: Schema.String
+}) {
+  override get message() {
+    return `cannot start worker process ${this.slot + 1} of ${this.processes}: ${this.reason}; ` +
+      "lower PGQ_PROCESSES (or the memory each process uses) or raise the process/memory limit"
+  }
+}
