@@ -237,19 +237,9 @@ export const makeBarrier = Effect.fnUntraced(function*(options: BarrierOptions) 
 
   /** The last batch: the callback with every result in batch order, then the barrier row goes. */
   const fireCallback = (executionId: string, orgId: string, descriptor: CallbackDescriptor) =>
-    Effect.gen(function*() {
-      const [gathered] = yield* sql<{ results: ReadonlyArray<unknown> }>`
-        SELECT coalesce(jsonb_agg(coalesce(result, 'null'::jsonb) ORDER BY batch_index), '[]'::jsonb) AS results
-        FROM ${markers} WHERE execution_id = ${executionId}`
-      yield* queue.enqueue(descriptor.task, { executionId, results: gathered!.results, context: descriptor.context }, {
-        queue: descriptor.queue,
-        priority: descriptor.priority,
-        orgId,
-        executionId,
-        ...(descriptor.maxAttempts === undefined ? {} : { maxAttempts: descriptor.maxAttempts })
-      })
-      yield* sql`DELETE FROM ${barrierTable} WHERE execution_id = ${executionId}`
-    })
+    enqueueCallback({ sql, queue, schema: options.schema }, executionId, orgId, descriptor).pipe(
+      Effect.andThen(sql`DELETE FROM ${barrierTable} WHERE execution_id = ${executionId}`)
+    )
 
   /**
    * A batch succeeded with `result` (already encoded, JSON-storable): ack it, count it, and fire the
@@ -343,6 +333,31 @@ export const makeBarrier = Effect.fnUntraced(function*(options: BarrierOptions) 
 
   return { start, complete, abort, stop, finish }
 })
+
+/**
+ * Enqueue an execution's callback with every stored result in batch order: `{ executionId, results, context }`
+ * on the descriptor's queue, priority and attempts, carrying the org and execution id. The last batch's
+ * completion does this; so does the reaper when it heals a stranded barrier whose batches all completed.
+ */
+export const enqueueCallback = (
+  deps: { readonly sql: SqlClient.SqlClient; readonly queue: Queue["Service"]; readonly schema: string },
+  executionId: string,
+  orgId: string,
+  descriptor: CallbackDescriptor
+) =>
+  Effect.gen(function*() {
+    const { queue, sql } = deps
+    const [gathered] = yield* sql<{ results: ReadonlyArray<unknown> }>`
+      SELECT coalesce(jsonb_agg(coalesce(result, 'null'::jsonb) ORDER BY batch_index), '[]'::jsonb) AS results
+      FROM ${sql(`${deps.schema}.barrier_batch`)} WHERE execution_id = ${executionId}`
+    return yield* queue.enqueue(descriptor.task, { executionId, results: gathered!.results, context: descriptor.context }, {
+      queue: descriptor.queue,
+      priority: descriptor.priority,
+      orgId,
+      executionId,
+      ...(descriptor.maxAttempts === undefined ? {} : { maxAttempts: descriptor.maxAttempts })
+    })
+  })
 
 /** What the barrier row's `callback` column holds: enough to fire the callback again. */
 export interface CallbackDescriptor {
