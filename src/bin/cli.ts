@@ -196,9 +196,18 @@ const devCommand = Command.make(
   ({ jobs }) =>
     Effect.gen(function*() {
       const s = yield* settings
-      yield* runDemo({ settings: s, jobs, dir: process.env.PGQ_DEV_DIR ?? ".pgq", port: Number(process.env.PGQ_DEV_PORT ?? 54329) })
+      yield* runDemo({
+        settings: s,
+        jobs,
+        dir: process.env.PGQ_DEV_DIR ?? ".pgq",
+        port: Number(process.env.PGQ_DEV_PORT ?? 54329),
+        // Lines for a person unless JSON logs were asked for explicitly.
+        humanLogs: process.env.PGQ_LOG_FORMAT?.trim().toLowerCase() !== "json"
+      })
     })
-).pipe(Command.withDescription("Demo: embedded Postgres under .pgq/, a worker, a workload, live progress"))
+).pipe(Command.withDescription(
+  "Demo: embedded Postgres under .pgq/, a worker and a reaper, a workload, two fan-outs (one lost), live progress"
+))
 
 const cli = Command.make("pgq").pipe(
   Command.withDescription("effect-pg-queue: a Postgres-native job runtime"),

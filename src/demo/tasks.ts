@@ -1,7 +1,8 @@
 /**
  * Demo tasks for `npm start` and the end-to-end tests: `PGQ_TASKS=./dist/demo/tasks.js`.
  */
-import { Effect, Schema } from "effect"
+import { Console, Effect, Schema } from "effect"
+import * as Barrier from "../Barrier.ts"
 import * as Task from "../Task.ts"
 
 class DemoFailure extends Schema.TaggedError<DemoFailure>()("DemoFailure", { detail: Schema.String }) {}
@@ -39,4 +40,25 @@ export const poison = Task.define({
   handler: ({ reason }) => Effect.fail(new DemoFailure({ detail: reason }))
 })
 
-export default Task.registry(noop, echo, sleep, flaky, poison)
+/** A fan-out batch: the square of `n`, stored as its result (encoded with `result`). */
+export const Square = Schema.Struct({ n: Schema.Int, square: Schema.Int })
+
+export const square = Task.define({
+  name: "square",
+  payload: Schema.Struct({ n: Schema.Int }),
+  result: Square,
+  handler: ({ n }) => Effect.sleep(20 + (n % 5) * 20).pipe(Effect.as({ n, square: n * n }))
+})
+
+/** The fan-out's callback: every batch's result, in batch order, once. */
+export const sumSquares = Task.define({
+  name: "sum-squares",
+  payload: Barrier.callbackPayload(Square, Schema.Struct({ label: Schema.String })),
+  handler: ({ executionId, results, context }) =>
+    Console.log(
+      `callback of ${executionId} (${context.label}): ${results.length} results in batch order ` +
+        `(n = ${results[0]?.n}..${results.at(-1)?.n}); sum of squares = ${results.reduce((sum, r) => sum + r.square, 0)}`
+    )
+})
+
+export default Task.registry(noop, echo, sleep, flaky, poison, square, sumSquares)
