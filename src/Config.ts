@@ -41,6 +41,10 @@ export interface PgqSettings {
   /** How long after its enqueue a job of an unknown task is put off before it is dead-lettered. */
   readonly unknownTaskGraceSeconds: number
   readonly deadLetterRetentionDays: number
+  /** Batch markers of ended executions (no barrier row any more) are swept after this long. */
+  readonly markerRetentionSeconds: number
+  /** Finished executions in the `execution` table (SQL status store) are swept after this many days. */
+  readonly executionRetentionDays: number
   readonly healthPort: Option.Option<number>
   readonly healthStaleSeconds: number
   readonly statusUrl: Option.Option<string>
@@ -203,6 +207,8 @@ export const parseSettings = Effect.fnUntraced(function*(env: Env) {
     statementTimeoutMs: yield* positiveInt(env, "PGQ_STATEMENT_TIMEOUT_MS", 10_000),
     unknownTaskGraceSeconds: yield* positiveNumber(env, "PGQ_UNKNOWN_TASK_GRACE_SECONDS", 3600),
     deadLetterRetentionDays: yield* positiveNumber(env, "PGQ_DEAD_LETTER_RETENTION_DAYS", 14),
+    markerRetentionSeconds: yield* positiveInt(env, "PGQ_MARKER_RETENTION_SECONDS", 86_400),
+    executionRetentionDays: yield* positiveNumber(env, "PGQ_EXECUTION_RETENTION_DAYS", 30),
     healthPort: yield* optional(env, "PGQ_HEALTH_PORT", decodeVar("PGQ_HEALTH_PORT", "a port 0..65535", PortNumber)),
     healthStaleSeconds: yield* positiveNumber(env, "PGQ_HEALTH_STALE_SECONDS", 60),
     statusUrl: yield* optional(env, "PGQ_STATUS_URL", statusUrl),

@@ -1,23 +1,32 @@
 /**
  * The leader-only maintenance tick: re-arm expired claims, promote due jobs, prune dead processes (and
- * free their claims at once), sweep old dead letters. Every statement carries the leader fence, so an
- * ex-leader that was paused or partitioned changes nothing. One job failing does not stop the others.
+ * free their claims at once), recover stranded barriers (BarrierRecovery), and on their own cadences the
+ * retention sweeps (RetentionSweep) and the queue and barrier gauges (QueueGauges). Every statement carries
+ * the leader fence, so an ex-leader that was paused or partitioned changes nothing. One job failing does not
+ * stop the others.
  *
  * Every job works in bounded batches (MAINTENANCE_BATCH rows, each batch its own short transaction, a short
- * pause between batches, at most MAX_BATCHES per tick): the fence's share lock on the lease row lasts one
- * batch, so the leader's own renew never waits behind a backlog of a million rows.
+ * pause between batches, at most MAX_BATCHES per tick; see MaintenanceJob): the fence's share lock on the
+ * lease row lasts one batch, so the leader's own renew never waits behind a backlog of a million rows.
  *
  * `Reaper.layer` runs the tick on a Schedule inside `Leadership`: only the leader ticks; a standby
  * campaigns. Its liveness (for /health) is the tick heartbeat while leading and the campaign heartbeat
  * while standing by, so a healthy standby answers 200 and a wedged leader answers 503.
  */
-import { Clock, Context, Duration, Effect, Layer, Metric, Ref, Schedule, Stream } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Metric, Option, Ref, Schedule, Stream } from "effect"
 import type { SqlClient } from "effect/sql"
+import { makeBarrierRecovery, type RecoveryOutcome } from "./BarrierRecovery.ts"
 import type { PgqSettings } from "./Config.ts"
+import { ExecutionStatus } from "./ExecutionStatus.ts"
 import type { Liveness } from "./Health.ts"
 import { Leadership, type LeadershipState, type LeaderTerm } from "./Leadership.ts"
+import { inBatches, makeCadence } from "./MaintenanceJob.ts"
 import { ProcessRegistry } from "./ProcessRegistry.ts"
-import { MAINTENANCE_BATCH, Queue } from "./Queue.ts"
+import { Queue } from "./Queue.ts"
+import { makeQueueGauges, QueueGauges } from "./QueueGauges.ts"
+import { makeRetentionSweep, type SweepOutcome } from "./RetentionSweep.ts"
+
+export { inBatches, MAX_BATCHES } from "./MaintenanceJob.ts"
 
 export interface ReaperOptions {
   readonly schema: string
@@ -30,10 +39,27 @@ export interface ReaperOptions {
   readonly processStaleSeconds: number
   readonly heartbeatSeconds: number
   readonly deadLetterRetentionSeconds: number
-  /** How often the dead-letter retention sweep runs (it need not run every tick). Default 60 s. */
+  /** How often the retention sweeps run (they need not run every tick). Default 60 s. */
   readonly sweepEverySeconds?: number
   /** Client-side bound of each maintenance statement (PGQ_STATEMENT_TIMEOUT_MS). */
   readonly statementTimeoutMs?: number
+  /** A barrier without progress this long is stranded, like an expired one (PGQ_STUCK_TIMEOUT_SECONDS). Default 9000. */
+  readonly stuckTimeoutSeconds?: number
+  /** Stranded barriers one tick looks at (oldest first, round robin over ticks). Default 100. */
+  readonly recoveryLimit?: number
+  /** Batch markers of ended executions are kept this long (PGQ_MARKER_RETENTION_SECONDS). Default 86400. */
+  readonly markerRetentionSeconds?: number
+  /**
+   * Finished executions in the `execution` table are kept this long (PGQ_EXECUTION_RETENTION_DAYS); unset:
+   * not swept (an HTTP status store keeps statuses elsewhere).
+   */
+  readonly executionRetentionSeconds?: number
+  /** How often the leader refreshes the queue and barrier gauges. Default 15 s. */
+  readonly gaugeEverySeconds?: number
+  /** Announce healed callbacks to LISTENing workers (PGQ_NOTIFY). Default false: they are found by polling. */
+  readonly notify?: boolean
+  /** The execution-status store `layerFromOptions` provides: HTTP when `statusUrl` is set, else the SQL store. */
+  readonly status?: Pick<PgqSettings, "statusUrl" | "statusToken" | "statusTimeoutMs">
 }
 
 /** What one leader tick did; a job that failed is named in `failures` and counted as 0. */
@@ -43,7 +69,16 @@ export interface TickOutcome {
   readonly promoted: number
   readonly pruned: number
   readonly released: number
+  /** Dead letters deleted by retention. */
   readonly swept: number
+  /** Stranded barriers ended ERROR (or cleaned up, their execution being finished or gone). */
+  readonly recovered: number
+  /** Stranded barriers whose batches had all completed: their callback enqueued. */
+  readonly healed: number
+  /** Stranded barriers left for the next tick because the status port or a statement failed. */
+  readonly recoveryFailures: number
+  readonly sweptMarkers: number
+  readonly sweptExecutions: number
   readonly failures: ReadonlyArray<string>
 }
 
@@ -61,7 +96,22 @@ export const ReaperMetrics = {
   released: counter("pgq_reaper_released_total", "Claims of pruned processes made ready"),
   swept: counter("pgq_reaper_swept_dead_letters_total", "Dead letters deleted by retention"),
   acquisitions: gauge("pgq_reaper_lease_acquisitions", "Times this reaper won the lease"),
-  losses: gauge("pgq_reaper_lease_losses", "Times this reaper lost the lease (renew refused or failed)")
+  losses: gauge("pgq_reaper_lease_losses", "Times this reaper lost the lease (renew refused or failed)"),
+  barrierRecovered: counter(
+    "pgq_reaper_barrier_recovered_total",
+    "Stranded barriers ended: execution marked ERROR, or already finished or gone (cleanup only)"
+  ),
+  barrierHealed: counter("pgq_reaper_barrier_healed_total", "Stranded barriers whose batches all completed: callback re-fired"),
+  barrierRecoveryFailures: counter(
+    "pgq_reaper_barrier_recovery_failures_total",
+    "Stranded barriers left for the next tick (status read or write failed, statement failed)"
+  ),
+  /** Tagged `table`: dead_letter, barrier_batch, execution. */
+  sweepFailures: counter("pgq_reaper_sweep_failures_total", "Retention sweeps that failed, by table"),
+  sweptMarkers: counter("pgq_reaper_swept_markers_total", "Batch markers of ended executions deleted by retention"),
+  sweptExecutions: counter("pgq_reaper_swept_executions_total", "Finished executions deleted by retention"),
+  gaugeRefreshFailures: counter("pgq_reaper_gauge_refresh_failures_total", "Refreshes of the queue and barrier gauges that failed"),
+  ...QueueGauges
 }
 
 export class Reaper extends Context.Service<Reaper, {
@@ -72,71 +122,96 @@ export class Reaper extends Context.Service<Reaper, {
   static readonly layer = (options: ReaperOptions) => Layer.effect(Reaper, makeReaper(options))
 }
 
-/** Batches one maintenance job may run in one tick (the rest waits for the next tick). */
-export const MAX_BATCHES = 50
-/** Pause between two batches of one job, so the leader's renew and other traffic get the rows in between. */
-const BATCH_PAUSE = Duration.millis(10)
+const noRecovery: RecoveryOutcome = { selected: 0, recovered: 0, healed: 0, failed: 0, skipped: 0 }
+const noSweep: SweepOutcome = { deadLetters: 0, markers: 0, executions: 0, failed: [] }
 
-/** Run `batch` (one bounded statement returning the rows it changed) until it comes back short. */
-export const inBatches = <E>(batch: Effect.Effect<number, E>) =>
-  Effect.gen(function*() {
-    const total = yield* Ref.make(0)
-    yield* batch.pipe(
-      Effect.tap((n) => Ref.update(total, (t) => t + n)),
-      Effect.repeat({ schedule: Schedule.spaced(BATCH_PAUSE), while: (n) => n >= MAINTENANCE_BATCH, times: MAX_BATCHES - 1 })
-    )
-    return yield* Ref.get(total)
-  })
-
-/** One leader tick under `term`'s fence. */
+/**
+ * One leader tick under `term`'s fence. `stepDown` clears what only a leader publishes (the gauges) and
+ * makes the next term refresh them at once.
+ */
 export const makeTick = Effect.fnUntraced(function*(options: ReaperOptions) {
   const queue = yield* Queue
   const processes = yield* ProcessRegistry
-  const lastSweepAt = yield* Ref.make(Number.NEGATIVE_INFINITY)
+  const statementTimeoutMs = options.statementTimeoutMs
+  const stuckTimeoutSeconds = options.stuckTimeoutSeconds ?? 9000
+  const recovery = yield* makeBarrierRecovery({
+    schema: options.schema,
+    stuckTimeoutSeconds,
+    limit: options.recoveryLimit,
+    statementTimeoutMs
+  })
+  const retention = yield* makeRetentionSweep({
+    schema: options.schema,
+    deadLetterRetentionSeconds: options.deadLetterRetentionSeconds,
+    markerRetentionSeconds: options.markerRetentionSeconds ?? 86_400,
+    executionRetentionSeconds: options.executionRetentionSeconds,
+    statementTimeoutMs
+  })
+  const gauges = yield* makeQueueGauges({ schema: options.schema, stuckTimeoutSeconds, statementTimeoutMs })
+  const sweepCadence = yield* makeCadence(options.sweepEverySeconds ?? 60)
+  const gaugeCadence = yield* makeCadence(options.gaugeEverySeconds ?? 15)
+
+  const failed = (label: string) => (cause: unknown) =>
+    Effect.logWarning(`reaper: ${label} failed; retrying next tick`, cause).pipe(
+      Effect.andThen(Metric.update(ReaperMetrics.tickFailures, 1))
+    )
 
   const job = <E>(label: string, effect: Effect.Effect<number, E>) =>
     effect.pipe(
       Effect.map((n) => ({ n, failed: [] as ReadonlyArray<string> })),
+      Effect.catchCause((cause) => failed(label)(cause).pipe(Effect.as({ n: 0, failed: [label] })))
+    )
+
+  const refreshGauges = Effect.gen(function*() {
+    if (!(yield* gaugeCadence.due)) return [] as ReadonlyArray<string>
+    return yield* gauges.refresh.pipe(
+      Effect.as([] as ReadonlyArray<string>),
       Effect.catchCause((cause) =>
-        Effect.logWarning(`reaper: ${label} failed; retrying next tick`, cause).pipe(
-          Effect.andThen(Metric.update(ReaperMetrics.tickFailures, 1)),
-          Effect.as({ n: 0, failed: [label] })
+        failed("gauge refresh")(cause).pipe(
+          Effect.andThen(Metric.update(ReaperMetrics.gaugeRefreshFailures, 1)),
+          Effect.as(["gauge refresh"])
         )
       )
     )
-
-  const sweepDue = Effect.gen(function*() {
-    const now = yield* Clock.currentTimeMillis
-    if (now - (yield* Ref.get(lastSweepAt)) < (options.sweepEverySeconds ?? 60) * 1000) return false
-    // The cadence advances before the sweep, so a failing sweep waits a full interval too.
-    yield* Ref.set(lastSweepAt, now)
-    return true
   })
 
-  return Effect.fnUntraced(function*(term: LeaderTerm["Service"]) {
+  const run = Effect.fnUntraced(function*(term: LeaderTerm["Service"]) {
     const scope = { fence: term.fence }
     const rearmed = yield* job("re-arm expired claims", inBatches(queue.rearmExpired(scope)))
     const promoted = yield* job("promote due jobs", inBatches(queue.promoteDue(scope)))
     const prune = yield* processes.pruneStale(scope).pipe(
       Effect.map((r) => ({ ...r, failed: [] as ReadonlyArray<string> })),
       Effect.catchCause((cause) =>
-        Effect.logWarning("reaper: prune stale processes failed; retrying next tick", cause).pipe(
-          Effect.andThen(Metric.update(ReaperMetrics.tickFailures, 1)),
-          Effect.as({ pruned: 0, released: 0, failed: ["prune stale processes"] })
-        )
+        failed("prune stale processes")(cause).pipe(Effect.as({ pruned: 0, released: 0, failed: ["prune stale processes"] }))
       )
     )
-    const swept = (yield* sweepDue)
-      ? yield* job("dead-letter retention sweep", inBatches(queue.sweepDeadLetters(options.deadLetterRetentionSeconds, scope)))
-      : { n: 0, failed: [] }
+    // After redelivery: a slow status service must not delay the jobs above.
+    const recovered = yield* recovery.run(term).pipe(
+      Effect.map((r) => ({ ...r, failures: [] as ReadonlyArray<string> })),
+      Effect.catchCause((cause) => failed(recovery.name)(cause).pipe(Effect.as({ ...noRecovery, failures: [recovery.name] })))
+    )
+    const swept = (yield* sweepCadence.due) ? yield* retention.run(term) : noSweep
+    const gaugeFailures = yield* refreshGauges
     const outcome: TickOutcome = {
       term: term.term,
       rearmed: rearmed.n,
       promoted: promoted.n,
       pruned: prune.pruned,
       released: prune.released,
-      swept: swept.n,
-      failures: [...rearmed.failed, ...promoted.failed, ...prune.failed, ...swept.failed]
+      swept: swept.deadLetters,
+      recovered: recovered.recovered,
+      healed: recovered.healed,
+      recoveryFailures: recovered.failed,
+      sweptMarkers: swept.markers,
+      sweptExecutions: swept.executions,
+      failures: [
+        ...rearmed.failed,
+        ...promoted.failed,
+        ...prune.failed,
+        ...recovered.failures,
+        ...swept.failed.map((table) => `retention sweep of ${table}`),
+        ...gaugeFailures
+      ]
     }
     yield* Effect.all([
       Metric.update(ReaperMetrics.ticks, 1),
@@ -144,16 +219,26 @@ export const makeTick = Effect.fnUntraced(function*(options: ReaperOptions) {
       Metric.update(ReaperMetrics.promoted, outcome.promoted),
       Metric.update(ReaperMetrics.pruned, outcome.pruned),
       Metric.update(ReaperMetrics.released, outcome.released),
-      Metric.update(ReaperMetrics.swept, outcome.swept)
+      Metric.update(ReaperMetrics.swept, outcome.swept),
+      Metric.update(ReaperMetrics.barrierRecovered, outcome.recovered),
+      Metric.update(ReaperMetrics.barrierHealed, outcome.healed),
+      Metric.update(ReaperMetrics.barrierRecoveryFailures, outcome.recoveryFailures),
+      Metric.update(ReaperMetrics.sweptMarkers, outcome.sweptMarkers),
+      Metric.update(ReaperMetrics.sweptExecutions, outcome.sweptExecutions),
+      ...swept.failed.map((table) => Metric.update(Metric.withAttributes(ReaperMetrics.sweepFailures, { table }), 1))
     ], { discard: true })
-    if (outcome.rearmed + outcome.released + outcome.pruned + outcome.swept > 0) {
+    if (outcome.rearmed + outcome.released + outcome.pruned + outcome.swept + outcome.sweptMarkers + outcome.sweptExecutions > 0) {
       yield* Effect.logInfo(
         `reaper tick (term ${term.term}): re-armed ${outcome.rearmed}, promoted ${outcome.promoted}, ` +
-          `pruned ${outcome.pruned} process(es) freeing ${outcome.released} claim(s), swept ${outcome.swept} dead letter(s)`
+          `pruned ${outcome.pruned} process(es) freeing ${outcome.released} claim(s), swept ${outcome.swept} dead letter(s), ` +
+          `${outcome.sweptMarkers} batch marker(s) and ${outcome.sweptExecutions} finished execution(s)`
       )
     }
     return outcome
   })
+
+  const stepDown = gauges.clear.pipe(Effect.andThen(gaugeCadence.reset))
+  return Object.assign(run, { stepDown })
 })
 
 const makeReaper = Effect.fnUntraced(function*(options: ReaperOptions) {
@@ -175,7 +260,9 @@ const makeReaper = Effect.fnUntraced(function*(options: ReaperOptions) {
           Effect.tap((outcome) => Ref.set(lastTick, outcome)),
           Effect.andThen(beat),
           Effect.repeat(Schedule.spaced(interval)),
-          Effect.asVoid
+          Effect.asVoid,
+          // A step-down (lease lost, shutdown) withdraws the leader-only gauges.
+          Effect.ensuring(tick.stepDown)
         )
     })
   ).pipe(Effect.map(Context.get(Leadership)))
@@ -221,10 +308,26 @@ export const optionsFromSettings = (settings: PgqSettings): ReaperOptions => ({
   processStaleSeconds: settings.processStaleSeconds,
   heartbeatSeconds: settings.heartbeatSeconds,
   deadLetterRetentionSeconds: settings.deadLetterRetentionDays * 86_400,
-  statementTimeoutMs: settings.statementTimeoutMs
+  statementTimeoutMs: settings.statementTimeoutMs,
+  stuckTimeoutSeconds: settings.stuckTimeoutSeconds,
+  markerRetentionSeconds: settings.markerRetentionSeconds,
+  // The execution table is ours only with the SQL status store.
+  ...(Option.isNone(settings.statusUrl) ? { executionRetentionSeconds: settings.executionRetentionDays * 86_400 } : {}),
+  notify: settings.notify,
+  status: { statusUrl: settings.statusUrl, statusToken: settings.statusToken, statusTimeoutMs: settings.statusTimeoutMs }
 })
 
-/** The reaper with its Queue and process registration (what `dist/reaper.js` runs). */
+/** The status store of `options`: the HTTP adapter when a URL is set, else the SQL store. */
+const statusLayer = (options: ReaperOptions) =>
+  ExecutionStatus.fromSettings({
+    schema: options.schema,
+    statusUrl: options.status?.statusUrl ?? Option.none(),
+    statusToken: options.status?.statusToken ?? Option.none(),
+    statusTimeoutMs: options.status?.statusTimeoutMs ?? 5000,
+    statementTimeoutMs: options.statementTimeoutMs ?? 10_000
+  })
+
+/** The reaper with its Queue, execution-status store and process registration (what `dist/reaper.js` runs). */
 export const layerFromOptions = (options: ReaperOptions) =>
   Reaper.layer(options).pipe(
     Layer.provide(Layer.effectDiscard(
@@ -232,11 +335,12 @@ export const layerFromOptions = (options: ReaperOptions) =>
         registry.register({ kind: "reaper", every: options.heartbeatSeconds, staleSeconds: options.processStaleSeconds })
       )
     ).pipe(Layer.provideMerge(ProcessRegistry.layer(options.schema)))),
-    // The reaper never enqueues, so it needs no wake-up announcer.
+    Layer.provide(statusLayer(options)),
+    // The reaper enqueues only the callbacks it heals.
     Layer.provide(Queue.layer({
       schema: options.schema,
       maxAttempts: options.maxAttempts,
-      notify: false,
+      notify: options.notify ?? false,
       ...(options.statementTimeoutMs === undefined ? {} : { statementTimeoutMs: options.statementTimeoutMs })
     }))
   )
