@@ -6,13 +6,15 @@
  * ordered results) instead of being marked ERROR; an ex-leader's recovery changes nothing; an ERROR mark
  * racing the last batch's completion ends one way only (ERROR and no callback, or the callback and no ERROR).
  */
-import { expect, layer } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import { Cause, Deferred, Effect, Fiber, Layer, Logger, type LogLevel, Metric, Option, Schedule } from "effect"
 import { SqlClient } from "effect/sql"
+import { TestClock } from "effect/testing"
 import * as Barrier from "../src/Barrier.ts"
 import { makeBarrierRecovery, type BarrierRecoveryOptions } from "../src/BarrierRecovery.ts"
 import * as ExecutionStatus from "../src/ExecutionStatus.ts"
 import { makeLeaderLease } from "../src/LeaderLease.ts"
+import { makeCadence } from "../src/MaintenanceJob.ts"
 import { ProcessRegistry } from "../src/ProcessRegistry.ts"
 import { Queue } from "../src/Queue.ts"
 import { makeQueueGauges, QueueGauges } from "../src/QueueGauges.ts"
@@ -343,6 +345,25 @@ layer(providers.pipe(Layer.provideMerge(db)), { excludeTestServices: true })("Ba
       expect(yield* executionOf("e-gone")).toBeUndefined()
       expect(yield* barrierOf("e-gone")).toBeUndefined()
       expect(yield* markerCount("e-gone")).toBe(0)
+    }))
+
+  it.effect("a Gone (or finished) execution whose barrier made progress meanwhile is left alone", () =>
+    Effect.gen(function*() {
+      yield* reset
+      yield* start("e-gone-race", { batches: 2 })
+      yield* strand("e-gone-race", "stuck")
+      const { sql, barrier } = yield* tables
+      // The read answers Gone, but meanwhile the execution id was re-run and its barrier is live again.
+      const s = yield* spy({
+        read: (id) =>
+          sql`UPDATE ${barrier} SET last_progress_at = now() WHERE execution_id = ${id}`.pipe(
+            Effect.orDie,
+            Effect.as({ _tag: "Gone" } as const)
+          )
+      })
+      const recovery = yield* recoveryWith(s.port)
+      expect(yield* recovery.run(yield* termFor("leader"))).toEqual({ ...zero, selected: 1, skipped: 1 })
+      expect(yield* barrierOf("e-gone-race")).toEqual({ remaining: 2 })
     }))
 
   it.effect("a barrier without an org is kept and logged as an ERROR, and the status port is never called", () =>
@@ -774,6 +795,31 @@ layer(providers.pipe(Layer.provideMerge(db)), { excludeTestServices: true })("Re
         .toEqual([0, 0, 0, 0])
     }))
 
+  it.effect("the retention sweeps run on their own cadence, not every tick", () =>
+    Effect.gen(function*() {
+      yield* reset
+      const { sql, schema, markers } = yield* tables
+      const oldMarker = (id: string) =>
+        sql`INSERT INTO ${markers} (execution_id, batch_index, created_at) VALUES (${id}, 0, now() - interval '2 days')`
+      const tick = yield* makeTick({
+        schema,
+        maxAttempts: 5,
+        leaseName: LEASE,
+        leaseSeconds: 30,
+        intervalSeconds: 1,
+        processStaleSeconds: 10,
+        heartbeatSeconds: 1,
+        deadLetterRetentionSeconds: 3600,
+        sweepEverySeconds: 3600
+      })
+      const term = yield* termFor("leader")
+      yield* oldMarker("m-first")
+      expect(yield* tick(term)).toMatchObject({ sweptMarkers: 1 })
+      yield* oldMarker("m-second")
+      expect(yield* tick(term)).toMatchObject({ sweptMarkers: 0 })
+      expect(yield* markerCount("m-second")).toBe(1)
+    }))
+
   it.effect("a leader tick recovers and heals, counts them in its outcome and metrics, and a step-down clears the gauges", () =>
     Effect.gen(function*() {
       yield* reset
@@ -806,5 +852,21 @@ layer(providers.pipe(Layer.provideMerge(db)), { excludeTestServices: true })("Re
       expect((yield* Metric.value(Metric.withAttributes(QueueGauges.queueDepth, { queue: "cb-e-tick-heal" }))).value).toBe(1)
       yield* tick.stepDown
       expect((yield* Metric.value(Metric.withAttributes(QueueGauges.queueDepth, { queue: "cb-e-tick-heal" }))).value).toBe(0)
+    }))
+})
+
+describe("Maintenance cadence", () => {
+  it.effect("due at once, then once per interval; a reset makes it due again", () =>
+    Effect.gen(function*() {
+      const cadence = yield* makeCadence(60)
+      expect(yield* cadence.due).toBe(true)
+      expect(yield* cadence.due).toBe(false)
+      yield* TestClock.adjust("59 seconds")
+      expect(yield* cadence.due).toBe(false)
+      yield* TestClock.adjust("1 second")
+      expect(yield* cadence.due).toBe(true)
+      expect(yield* cadence.due).toBe(false)
+      yield* cadence.reset
+      expect(yield* cadence.due).toBe(true)
     }))
 })
