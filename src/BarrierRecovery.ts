@@ -95,16 +95,16 @@ export const makeBarrierRecovery = Effect.fnUntraced(function*(options: BarrierR
   const stranded = sql`(expires_at < now() OR last_progress_at < now() - ${options.stuckTimeoutSeconds} * interval '1 second')`
   const cursor = yield* Ref.make(Option.none<Cursor>())
 
-  const selectPage = (after: Option.Option<Cursor>) =>
-    bounded(sql<StrandedRow>`
+  const selectPage = (after: Option.Option<Cursor>) => {
+    const pastCursor = Option.match(after, {
+      onNone: () => sql`TRUE`,
+      onSome: (c) => sql`(created_at, execution_id) > (${c.created}::timestamptz, ${c.executionId})`
+    })
+    return bounded(sql<StrandedRow>`
       SELECT execution_id, org_id, remaining, created_at::text AS created FROM ${barrier}
-      WHERE ${stranded} AND ${
-      Option.match(after, {
-        onNone: () => sql`TRUE`,
-        onSome: (c) => sql`(created_at, execution_id) > (${c.created}::timestamptz, ${c.executionId})`
-      })
-    }
+      WHERE ${stranded} AND ${pastCursor}
       ORDER BY created_at, execution_id LIMIT ${limit}`)
+  }
 
   /** The next page after the last run's; from the oldest again once the end is reached. */
   const nextPage = Effect.gen(function*() {
