@@ -80,6 +80,8 @@ CREATE TABLE IF NOT EXISTS pgq.barrier (
   CONSTRAINT barrier_expiry_after_creation CHECK (expires_at > created_at)
 );
 CREATE INDEX IF NOT EXISTS barrier_expires_at_idx ON pgq.barrier (expires_at);
+-- The reaper's stranded predicate is `expires_at < now() OR last_progress_at < now() - stuck`: both sides indexed.
+CREATE INDEX IF NOT EXISTS barrier_last_progress_idx ON pgq.barrier (last_progress_at);
 
 -- A batch's marker: it is counted once, ever, and its result waits here for the callback (results are
 -- gathered in batch order when the last batch completes, so no row is rewritten per completion).
@@ -90,6 +92,8 @@ CREATE TABLE IF NOT EXISTS pgq.barrier_batch (
   result        jsonb,
   PRIMARY KEY (execution_id, batch_index)
 );
+-- The retention sweep of old markers (a million rows is normal: one per batch ever run).
+CREATE INDEX IF NOT EXISTS barrier_batch_created_at_idx ON pgq.barrier_batch (created_at);
 
 CREATE TABLE IF NOT EXISTS pgq.lease (
   name         text        PRIMARY KEY,
@@ -108,6 +112,9 @@ CREATE TABLE IF NOT EXISTS pgq.execution (
   updated_at     timestamptz NOT NULL DEFAULT now(),
   CONSTRAINT execution_status_valid CHECK (status IN ('PENDING', 'EXECUTING', 'COMPLETED', 'ERROR', 'STOPPED'))
 );
+-- The retention sweep of finished executions.
+CREATE INDEX IF NOT EXISTS execution_finished_idx ON pgq.execution (updated_at)
+  WHERE status IN ('COMPLETED', 'ERROR', 'STOPPED');
 
 CREATE TABLE IF NOT EXISTS pgq.process (
   process_id    text        PRIMARY KEY,
