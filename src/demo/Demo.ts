@@ -14,7 +14,7 @@ import * as Database from "../Database.ts"
 import * as Embedded from "../Embedded.ts"
 import { describeCause } from "../ErrorText.ts"
 import * as ExecutionStatus from "../ExecutionStatus.ts"
-import { Executions } from "../Executions.ts"
+import { Executions, formatExecution } from "../Executions.ts"
 import { workerId } from "../LeaderLease.ts"
 import { migrate } from "../Migrations.ts"
 import { ProcessRegistry } from "../ProcessRegistry.ts"
@@ -253,12 +253,14 @@ export const runDemo = (options: DemoOptions) =>
         )
         yield* Console.log(`\ndrained in ${seconds(started)}s. Final status:\n`)
         yield* Console.log(formatStats(yield* Queue.use((q) => q.stats())))
+        const view = yield* Executions.use((e) => e.show(lost))
+        yield* Console.log(`\n$ node dist/cli.js execution show ${lost}\n${formatExecution(view, settings.stuckTimeoutSeconds)}\n`)
         yield* drainLostQueue(settings, lost)
-        const inspect = `DATABASE_URL=postgres://postgres:postgres@127.0.0.1:${options.port}/pgq node dist/cli.js`
+        // The server stops with the demo: these work while a demo runs (or against any database).
+        const cli = `DATABASE_URL=postgres://postgres:postgres@127.0.0.1:${options.port}/pgq node dist/cli.js`
         yield* Console.log(
-          `\ninspect with: ${inspect} dead-letter list\n` +
-            `              ${inspect} execution show ${lost}\n` +
-            `              ${inspect} barrier list`
+          `\nwhile a demo runs, inspect its database with: ${cli} status | dead-letter list | barrier list | ` +
+            "execution show <id>"
         )
       }).pipe(
         Effect.provide(demoWorker(settings, "worker")),
