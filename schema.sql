@@ -66,6 +66,8 @@ CREATE TABLE IF NOT EXISTS pgq.dead_letter (
 );
 CREATE INDEX IF NOT EXISTS dead_letter_failed_at_idx ON pgq.dead_letter (failed_at);
 CREATE INDEX IF NOT EXISTS dead_letter_queue_idx ON pgq.dead_letter (queue);
+-- An execution's dead batches (`cli execution show`).
+CREATE INDEX IF NOT EXISTS dead_letter_execution_idx ON pgq.dead_letter (execution_id) WHERE execution_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS pgq.barrier (
   execution_id      text        PRIMARY KEY,

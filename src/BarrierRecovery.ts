@@ -44,6 +44,11 @@ export interface BarrierRecoveryOptions {
   readonly limit?: number | undefined
   /** Client-side bound of each statement (PGQ_STATEMENT_TIMEOUT_MS). */
   readonly statementTimeoutMs?: number | undefined
+  /**
+   * Leave barriers without an org id alone (the reference's rule): for a status store that cannot answer
+   * without one (an HTTP service). The SQL store keys executions by id alone, so it needs none. Default false.
+   */
+  readonly requireOrgId?: boolean | undefined
 }
 
 /** What one run did; `selected = recovered + healed + failed + skipped`. */
@@ -197,7 +202,7 @@ export const makeBarrierRecovery = Effect.fnUntraced(function*(options: BarrierR
 
   const recoverOne = (row: StrandedRow, term: LeaderTerm["Service"]): Effect.Effect<Verdict, LeaseLost> =>
     Effect.gen(function*() {
-      if (row.org_id === "") {
+      if (row.org_id === "" && options.requireOrgId === true) {
         yield* Effect.logError(
           `barrier recovery: ${row.execution_id} has NO organization id; cannot ask its status, leaving the row`
         )

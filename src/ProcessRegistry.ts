@@ -42,6 +42,12 @@ export interface Registered {
   readonly confirmedAt: Effect.Effect<number>
 }
 
+/**
+ * Registrations made by this process so far: a worker and a reaper (or two workers) in one process get rows
+ * of their own, so the one that shuts down never deletes the other's row and frees its claims.
+ */
+let registrations = 0
+
 export const makeProcessRegistry = Effect.fnUntraced(function*(schema: string) {
   const sql = yield* SqlClient.SqlClient
   const table = sql(`${schema}.process`)
@@ -56,7 +62,7 @@ export const makeProcessRegistry = Effect.fnUntraced(function*(schema: string) {
 
   /** Register for the life of the enclosing scope, heartbeating in the background. */
   const register = Effect.fnUntraced(function*(registration: Registration) {
-    const processId = registration.processId ?? workerId()
+    const processId = registration.processId ?? `${workerId()}/${registration.kind}-${++registrations}`
     const recovery = yield* Semaphore.make(1)
     yield* Effect.acquireRelease(upsert(processId, registration), () =>
       sql`DELETE FROM ${table} WHERE process_id = ${processId}`.pipe(Effect.timeout("10 seconds"), Effect.ignore))

@@ -45,6 +45,8 @@ export interface ReaperOptions {
   readonly statementTimeoutMs?: number
   /** A barrier without progress this long is stranded, like an expired one (PGQ_STUCK_TIMEOUT_SECONDS). Default 9000. */
   readonly stuckTimeoutSeconds?: number
+  /** Leave stranded barriers without an org id alone (an HTTP status store needs one). Default false. */
+  readonly requireOrgId?: boolean
   /** Stranded barriers one tick looks at (oldest first, round robin over ticks). Default 100. */
   readonly recoveryLimit?: number
   /** Batch markers of ended executions are kept this long (PGQ_MARKER_RETENTION_SECONDS). Default 86400. */
@@ -138,7 +140,8 @@ export const makeTick = Effect.fnUntraced(function*(options: ReaperOptions) {
     schema: options.schema,
     stuckTimeoutSeconds,
     limit: options.recoveryLimit,
-    statementTimeoutMs
+    statementTimeoutMs,
+    requireOrgId: options.requireOrgId
   })
   const retention = yield* makeRetentionSweep({
     schema: options.schema,
@@ -310,6 +313,7 @@ export const optionsFromSettings = (settings: PgqSettings): ReaperOptions => ({
   deadLetterRetentionSeconds: settings.deadLetterRetentionDays * 86_400,
   statementTimeoutMs: settings.statementTimeoutMs,
   stuckTimeoutSeconds: settings.stuckTimeoutSeconds,
+  requireOrgId: Option.isSome(settings.statusUrl),
   markerRetentionSeconds: settings.markerRetentionSeconds,
   // The execution table is ours only with the SQL status store.
   ...(Option.isNone(settings.statusUrl) ? { executionRetentionSeconds: settings.executionRetentionDays * 86_400 } : {}),

@@ -136,8 +136,13 @@ export const makeSettlement = <R>(options: SettlementOptions<R>) => {
       yield* Metric.update(Metrics.jobsFailed, 1)
       if (outcome.action === "discard") {
         yield* Effect.logWarning(`job ${job.msgId} (${job.task}) failed and was discarded: ${outcome.error}`)
-        // A discarded batch still counts (with no result): otherwise its barrier could never complete.
-        return yield* Option.isSome(batchOf(job)) ? succeeded(job, null) : options.ack(job)
+        // A discarded batch still counts (with no result): otherwise its barrier could never complete. A
+        // discarded callback ends its execution ERROR: it must not stay EXECUTING forever.
+        if (Option.isSome(batchOf(job))) return yield* succeeded(job, null)
+        if (isCallback(job)) {
+          yield* barrier.finish(job.executionId!, job.orgId, { _tag: "Failed", reason: `discarded: ${outcome.error}` })
+        }
+        return yield* options.ack(job)
       }
       const task = options.registry.tasks.get(job.task)
       const result = yield* queue.fail(job, {

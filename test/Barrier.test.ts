@@ -364,4 +364,23 @@ layer(testDb("barrier_worker", { maxConnections: 12 }), { excludeTestServices: t
       const pending = yield* sql`SELECT 1 FROM ${yield* table("message")} WHERE execution_id = 'e-stopped'`
       expect(pending).toEqual([])
     }), { timeout: 30_000 })
+
+  it.effect("a callback that fails and is discarded still ends its execution (ERROR), never EXECUTING forever", () =>
+    Effect.gen(function*() {
+      const part = Task.define({ name: "fine", payload: Schema.Struct({}), handler: () => Effect.succeed(1) })
+      const gather = Task.define({
+        name: "discarding-gather",
+        payload: Schema.Unknown,
+        onFailure: () => "discard" as const,
+        handler: () => Effect.fail(new PartFailed({ index: -1 }))
+      })
+      yield* BarrierService.use((b) =>
+        b.start({ executionId: "e-discard", orgId: "org", batches: [{ task: "fine", payload: {}, queue: "discard" }], callback: { task: "discarding-gather", queue: "discard" } })
+      )
+      yield* withWorker(
+        Task.registry(part, gather),
+        ["discard"],
+        waitFor(statusOf("e-discard"), (s) => s._tag === "Found" && s.status === "ERROR")
+      )
+    }), { timeout: 30_000 })
 })

@@ -366,19 +366,29 @@ layer(providers.pipe(Layer.provideMerge(db)), { excludeTestServices: true })("Ba
       expect(yield* barrierOf("e-gone-race")).toEqual({ remaining: 2 })
     }))
 
-  it.effect("a barrier without an org is kept and logged as an ERROR, and the status port is never called", () =>
+  it.effect("with a store that needs an org (HTTP), a barrier without one is kept and logged, the port never called", () =>
     Effect.gen(function*() {
       yield* reset
       yield* start("e-no-org", { batches: 2, org: "" })
       yield* strand("e-no-org")
       const s = yield* spy()
-      const recovery = yield* recoveryWith(s.port)
+      const recovery = yield* recoveryWith(s.port, { requireOrgId: true })
       const [outcome, logs] = yield* captureLogs(recovery.run(yield* termFor("leader")))
       expect(outcome).toEqual({ ...zero, selected: 1, skipped: 1 })
       expect(s.reads).toEqual([])
       expect(s.marks).toEqual([])
       expect(yield* barrierOf("e-no-org")).toEqual({ remaining: 2 })
       expect(logs.filter((l) => l.level === "Error" && l.text.includes("e-no-org") && l.text.includes("organization"))).toHaveLength(1)
+    }))
+
+  it.effect("with the SQL store (executions keyed by id alone) a barrier without an org is recovered", () =>
+    Effect.gen(function*() {
+      yield* reset
+      yield* start("e-no-org-sql", { batches: 2, org: "" })
+      yield* strand("e-no-org-sql")
+      const recovery = yield* recoveryWith(undefined)
+      expect(yield* recovery.run(yield* termFor("leader"))).toEqual({ ...zero, selected: 1, recovered: 1 })
+      expect(yield* barrierOf("e-no-org-sql")).toBeUndefined()
     }))
 
   it.effect("NoStatus keeps the barrier and marks nothing", () =>
@@ -651,7 +661,7 @@ layer(providers.pipe(Layer.provideMerge(db)), { excludeTestServices: true })("Ba
         yield* start(id, { batches: 1 })
         yield* strand(id, "expired", 100)
       }
-      const recovery = yield* recoveryWith(undefined, { limit: 2 })
+      const recovery = yield* recoveryWith(undefined, { limit: 2, requireOrgId: true })
       const term = yield* termFor("leader")
       const [first, logs] = yield* captureLogs(recovery.run(term))
       expect(first).toEqual({ ...zero, selected: 2, skipped: 2 })
