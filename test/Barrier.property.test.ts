@@ -537,7 +537,8 @@ const runSequence = (env: Env, sizes: ReadonlyArray<number>, ops: ReadonlyArray<
         if (fits.length === 0) {
           return yield* trace.fail(
             `e${x.index} ${what}: the answers fit no serial order: ` +
-              serial.map((s) => `${s.order} answers ${JSON.stringify(s.answers)}`).join("; ") + ` (model ${summary(x)})`
+              serial.map((s) => `${s.order} answers ${JSON.stringify(s.answers)}`).join("; ") +
+              ` (model before the race ${summary(x)})`
           )
         }
         return { index: x.index, candidates: fits.map((s) => s.model), orders: fits.map((s) => s.order) } satisfies RaceOutcome
