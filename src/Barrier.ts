@@ -286,18 +286,32 @@ export const makeBarrier = Effect.fnUntraced(function*(options: BarrierOptions) 
   })
 
   /**
-   * End an execution through the status port (ERROR for an abort, STOPPED for a stop). Only a confirmed mark
-   * deletes the barrier row: when the port cannot be reached the row stays for the reaper. Of concurrent
-   * ends exactly one deletes the row ("ended"); the others get "already-ended".
+   * End a live execution through the status port (ERROR for an abort, STOPPED for a stop), holding its barrier
+   * row locked meanwhile: a batch completing at that moment waits and then finds no barrier, so an execution
+   * ends either with its callback or ended here, never both. Only a confirmed mark deletes the row: when the
+   * port cannot be reached the transaction rolls back and the row stays for the reaper. An execution whose
+   * barrier is already gone (ended, or its callback fired) is left alone: "already-ended". `unless` names a
+   * batch whose being counted already makes this end pointless (a failing duplicate of a counted batch).
    */
-  const end = (executionId: string, orgId: string, target: "ERROR" | "STOPPED", reason: string) =>
-    Effect.gen(function*() {
-      const marked = yield* status.mark(executionId, orgId, target, reason).pipe(Effect.option)
-      if (Option.isNone(marked)) return "unconfirmed" satisfies EndResult
-      const deleted = yield* sql`DELETE FROM ${barrierTable} WHERE execution_id = ${executionId} RETURNING 1`
+  const end = (
+    executionId: string,
+    orgId: string,
+    target: "ERROR" | "STOPPED",
+    reason: string,
+    unless?: number
+  ) =>
+    sql.withTransaction(Effect.gen(function*() {
+      const [row] = yield* sql<{ counted: boolean }>`
+        SELECT ${unless === undefined ? sql`FALSE` : sql`EXISTS (
+                 SELECT 1 FROM ${markers} WHERE execution_id = ${executionId} AND batch_index = ${unless})`} AS counted
+        FROM ${barrierTable} WHERE execution_id = ${executionId}
+        FOR UPDATE`
+      if (row === undefined || row.counted) return "already-ended" satisfies EndResult
+      yield* status.mark(executionId, orgId, target, reason)
+      yield* sql`DELETE FROM ${barrierTable} WHERE execution_id = ${executionId}`
       yield* removePending(executionId, "batches")
-      return (deleted.length > 0 ? "ended" : "already-ended") satisfies EndResult
-    })
+      return "ended" satisfies EndResult
+    })).pipe(Effect.catchTag("StatusWriteFailed", () => Effect.succeed<EndResult>("unconfirmed")))
 
   /** A batch failed for good: mark the execution ERROR and tear the barrier down (markers stay). */
   const abort = Effect.fn("Barrier.abort")(function*(
@@ -306,7 +320,7 @@ export const makeBarrier = Effect.fnUntraced(function*(options: BarrierOptions) 
     batchIndex: number,
     reason: string
   ) {
-    return yield* end(executionId, orgId, "ERROR", `[barrier-abort] batch ${batchIndex} failed: ${reason}`)
+    return yield* end(executionId, orgId, "ERROR", `[barrier-abort] batch ${batchIndex} failed: ${reason}`, batchIndex)
   })
 
   /** Cancel: mark STOPPED, remove the batches not started yet; late completions are abandoned. */

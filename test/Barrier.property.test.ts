@@ -155,13 +155,17 @@ const mark = (x: Execution, target: Status, by: string) => {
   x.endedBy = by
 }
 
-/** Barrier.stop / abort: mark, drop the barrier row, remove the batch jobs nobody holds. */
-const modelEnd = (x: Execution, target: "ERROR" | "STOPPED", by: string) => {
+/**
+ * Barrier.stop / abort: only a live barrier ends (an execution whose barrier is gone — ended, or its callback
+ * fired — is left alone), and an abort for a batch that was already counted (a failing duplicate) does
+ * nothing; otherwise mark, drop the barrier row, remove the batch jobs nobody holds.
+ */
+const modelEnd = (x: Execution, target: "ERROR" | "STOPPED", by: string, batch?: number) => {
+  if (!x.live || (batch !== undefined && x.markers.has(batch) && x.counted.has(batch))) return "already-ended"
   mark(x, target, by)
-  const result = x.live ? "ended" : "already-ended"
   x.live = false
   for (const m of [...x.messages.values()]) if (m.state !== "claimed") x.messages.delete(m.msgId)
-  return result
+  return "ended"
 }
 
 /** Barrier.complete of a held attempt: what it must answer, and what it must do. */
@@ -202,7 +206,7 @@ const modelFail = (x: Execution, job: ClaimedJob): ReadonlyArray<string> => {
   if (m === undefined) return ["fail stale"]
   x.messages.delete(m.msgId)
   x.deadLetters++
-  return ["fail dead-lettered", `abort ${modelEnd(x, "ERROR", `abort (b${job.batchIndex} failed)`)}`]
+  return ["fail dead-lettered", `abort ${modelEnd(x, "ERROR", `abort (b${job.batchIndex} failed)`, job.batchIndex!)}`]
 }
 
 /** One side of a race: what it does, and what the model expects it to answer (applied to a copy). */
@@ -503,7 +507,7 @@ const runSequence = (env: Env, sizes: ReadonlyArray<number>, ops: ReadonlyArray<
             trace.log(`${why}e${x.index}: claim ${label(job)}, rejected (attempts used up) -> ${answers.join(", ")}`)
             x.messages.delete(m.msgId)
             x.deadLetters++
-            const ended = modelEnd(x, "ERROR", `abort (b${m.batch} rejected)`)
+            const ended = modelEnd(x, "ERROR", `abort (b${m.batch} rejected)`, m.batch)
             return yield* expectAnswers(x, "reject", answers, [`abort ${ended}`])
           }
           default:

@@ -203,6 +203,23 @@ layer(db, { excludeTestServices: true })("Barrier", (it) => {
       expect(yield* fanOut("e-abort", 3, "abort")).toMatchObject({ _tag: "AlreadyStarted" })
     }))
 
+  it.effect("an end only acts on a live barrier: not after the callback fired, not for a batch already counted", () =>
+    Effect.gen(function*() {
+      yield* fanOut("e-late-end", 2, "late-end")
+      const [a, b2] = yield* claimBatches("late-end")
+      const barrier = yield* BarrierService
+      expect(yield* barrier.complete(asBatch(a!), "a")).toBe("pending")
+      // A failing duplicate of batch 0 (already counted) must not end the execution.
+      expect(yield* barrier.abort("e-late-end", "org", 0, "duplicate failed")).toBe("already-ended")
+      expect(yield* statusOf("e-late-end")).toEqual({ _tag: "Found", status: "EXECUTING" })
+      expect(yield* barrier.complete(asBatch(b2!), "b")).toBe("complete")
+      // The callback fired: a late stop or abort changes nothing, and the callback completes the execution.
+      expect(yield* barrier.stop("e-late-end", "org")).toBe("already-ended")
+      expect(yield* barrier.abort("e-late-end", "org", 1, "late failure")).toBe("already-ended")
+      expect(yield* statusOf("e-late-end")).toEqual({ _tag: "Found", status: "EXECUTING" })
+      expect(yield* barrier.finish("e-late-end", "org", { _tag: "Succeeded" })).toEqual({ _tag: "Marked", status: "COMPLETED" })
+    }))
+
   it.effect("stop marks STOPPED, removes the batches not started, and a later start is refused", () =>
     Effect.gen(function*() {
       yield* fanOut("e-stop", 5, "stop")
