@@ -15,6 +15,7 @@ import type { PgqSettings } from "./Config.ts"
 import { Barrier } from "./Barrier.ts"
 import * as ExecutionStatus from "./ExecutionStatus.ts"
 import * as Health from "./Health.ts"
+import { exitIfShutdownHangs } from "./Shutdown.ts"
 import * as Metrics from "./Metrics.ts"
 import { ProcessRegistry } from "./ProcessRegistry.ts"
 import { makeAcker } from "./Acker.ts"
@@ -212,9 +213,11 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
     Effect.forkScoped
   )
   if (options.listen === true) {
-    yield* Wakeup.listen({ schema: options.schema, queues: options.queues, wake: Q.offer(wakeups, undefined) }).pipe(
-      Effect.forkScoped
-    )
+    // Not a child of the scope: stopping it sends UNLISTEN, which a database that swallows every packet never
+    // answers, and shutdown must not wait for that (bounded here, abandoned after the statement timeout).
+    const listener = yield* Wakeup.listen({ schema: options.schema, queues: options.queues, wake: Q.offer(wakeups, undefined) })
+      .pipe(Effect.forkDetach)
+    yield* Effect.addFinalizer(() => Fiber.interrupt(listener).pipe(Effect.timeout(statementTimeout), Effect.ignore))
   }
   // An idle wait ends early when a notification names one of our queues.
   const schedule = pollSchedule(options.pollIntervalMs, options.pollMaxMs).pipe(
@@ -368,8 +371,10 @@ export const serve = <R, E2, R2>(
   settings: PgqSettings,
   runtime: Layer.Layer<SqlClient.SqlClient, E2, R2>
 ) =>
-  Effect.gen(function*() {
-    const worker = yield* Worker
+  Effect.scoped(Effect.gen(function*() {
+    const worker = yield* Layer.build(layerWithRuntime(registry, settings, runtime)).pipe(
+      Effect.map(Context.get(Worker))
+    )
     yield* Option.match(settings.healthPort, {
       onNone: () => Effect.void,
       onSome: (port) =>
@@ -385,5 +390,14 @@ export const serve = <R, E2, R2>(
           )
         }))
     })
+    // In the same scope as the worker and added last, so it is armed first when shutdown begins.
+    yield* exitIfShutdownHangs(shutdownDeadlineSeconds(settings), "pgq-worker")
     return yield* Effect.never
-  }).pipe(Effect.provide(layerWithRuntime(registry, settings, runtime)), Effect.scoped)
+  }))
+
+/**
+ * The longest a clean shutdown may take: the drain grace, then a few bounded statements (each may also wait
+ * out the driver's 5 s cancel of a query the database never answers), with room to spare.
+ */
+export const shutdownDeadlineSeconds = (settings: PgqSettings) =>
+  settings.shutdownGraceSeconds + (4 * (settings.statementTimeoutMs + 5_000)) / 1000 + 15

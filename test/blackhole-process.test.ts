@@ -34,10 +34,16 @@ const DEREGISTER_SECONDS = 10
  *   interrupt the lease renewal, maintenance and heartbeat fibers, each possibly mid-statement              3D
  *   deregister the process (its own timeout), then drained                                                  10 s + D
  *   close the pools: the sockets are destroyed without waiting (measured: exit within ms)                   0
- * = 2T + G + 6D + 10 s = 43 s. Measured: 10-16 s, depending on which statements are on the wire.
+ * = 2T + G + 6D + 10 s = 43 s. Measured: 10-16 s without the LISTEN session. With it (the default), closing
+ * the pool that holds the unanswered LISTEN session never ends, and the worker's own last resort ends it:
+ * `shutdownDeadlineSeconds` = G + 4 (T + D) + 15 s = 40 s after SIGTERM it exits 1. The bound is the larger
+ * of the two, with 3 s to spare.
  */
 const BOUND = Duration.seconds(
-  2 * STATEMENT_TIMEOUT_SECONDS + GRACE_SECONDS + 6 * DRAIN_SECONDS + DEREGISTER_SECONDS
+  Math.max(
+    2 * STATEMENT_TIMEOUT_SECONDS + GRACE_SECONDS + 6 * DRAIN_SECONDS + DEREGISTER_SECONDS,
+    GRACE_SECONDS + 4 * (STATEMENT_TIMEOUT_SECONDS + DRAIN_SECONDS) + 15
+  ) + 3
 )
 
 /** A TCP proxy to `target` that can be switched to a blackhole: read and drop everything, answer nothing. */
@@ -108,10 +114,9 @@ layer(testDb("blackhole_process"), { excludeTestServices: true })("dist/worker.j
         PGQ_PROCESS_STALE_SECONDS: "2",
         PGQ_SHUTDOWN_GRACE_SECONDS: String(GRACE_SECONDS),
         PGQ_STATEMENT_TIMEOUT_MS: String(STATEMENT_TIMEOUT_SECONDS * 1000),
-        PGQ_HEALTH_PORT: String(healthPort),
-        // Without the LISTEN session: with it (the default), the worker does not exit at all here, as the
-        // listener's teardown waits without a bound for its UNLISTEN to be answered.
-        PGQ_NOTIFY: "false"
+        // With the LISTEN session (the default): its teardown waits, without a bound of the driver's, for its
+        // UNLISTEN to be answered; the worker abandons it and, past its own deadline, exits anyway.
+        PGQ_HEALTH_PORT: String(healthPort)
       })
       yield* q.enqueue("sleep", { ms: 600_000 }, { queue: "blackholed" })
       // Running, not merely claimed: the worker got the claim's answer before the blackhole.
