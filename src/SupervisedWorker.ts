@@ -112,7 +112,10 @@ export const run = <R, E2, R2>(
     // Listening starts before the worker does: a Stop or a disconnect during start-up is not lost.
     const stopped = yield* Deferred.make<string>()
     yield* listenToSupervisor(stopped)
+    // After the drain: the jobs finished since the last heartbeat count in the fleet's metrics too.
+    const drained = counters.pipe(Effect.flatMap((totals) => send({ _tag: "Drained", counters: totals })))
     yield* supervised(slot, settings, stopped).pipe(
-      Effect.provide(Worker.layerWithRuntime(registry, settings, runtime))
+      Effect.provide(Worker.layerWithRuntime(registry, settings, runtime)),
+      Effect.ensuring(drained)
     )
   }).pipe(Effect.scoped)

@@ -8,7 +8,7 @@
  * fork. Each reports its poll-loop age and job counters every second; the supervisor sums the counters into
  * its own /metrics.
  */
-import { Clock, Context, Deferred, Duration, Effect, Exit, Layer, Metric, Option, Queue as Q, Ref, Schedule, Schema, Scope, Semaphore, Stream } from "effect"
+import { type Cause, Clock, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Queue as Q, Ref, Schedule, Schema, Scope, Semaphore, Stream } from "effect"
 import { ForkFailed } from "./Errors.ts"
 import * as Fleet from "./Fleet.ts"
 import * as Metrics from "./Metrics.ts"
@@ -25,7 +25,9 @@ export const Beat = Schema.TaggedStruct("Beat", {
 })
 /** The child is draining to be recycled (PGQ_MAX_JOBS_PER_PROCESS, PGQ_MAX_RSS_MB): replace it, no crash. */
 export const Recycling = Schema.TaggedStruct("Recycling", { reason: Schema.String })
-export const ChildMessage = Schema.Union([Ready, Beat, Recycling])
+/** The child's last word once its worker has drained: the final job counters. */
+export const Drained = Schema.TaggedStruct("Drained", { counters: Schema.Record(Schema.String, Schema.Finite) })
+export const ChildMessage = Schema.Union([Ready, Beat, Recycling, Drained])
 export type ChildMessage = typeof ChildMessage.Type
 /** From the supervisor: drain and exit. */
 export const Stop = Schema.TaggedStruct("Stop", {})
@@ -42,8 +44,11 @@ export interface ForkedChild {
 
 /** Starts child processes: `node:child_process.fork` in production (SupervisorNode.ts), a fake in tests. */
 export class Launcher extends Context.Service<Launcher, {
-  /** Fork the child of `slot`, its messages going to `inbox`; ForkFailed when the OS refuses. */
-  readonly fork: (slot: number, inbox: Q.Enqueue<ChildMessage>) => Effect.Effect<ForkedChild, ForkFailed>
+  /**
+   * Fork the child of `slot`, its messages going to `inbox`, which ends when the channel has closed (after
+   * the last message); ForkFailed when the OS refuses.
+   */
+  readonly fork: (slot: number, inbox: Q.Enqueue<ChildMessage, Cause.Done>) => Effect.Effect<ForkedChild, ForkFailed>
 }>()("effect-pg-queue/Supervisor/Launcher") {}
 
 export interface SupervisorOptions {
@@ -128,6 +133,14 @@ const makeSupervisor = Effect.fnUntraced(function*(options: SupervisorOptions) {
 
   const onMessage = (slot: number, pid: number, ready: Deferred.Deferred<void>) => {
     const reported = new Map<string, number>()
+    // Totals per child, summed as deltas: the fleet's counters keep what dead children did.
+    const count = (counters: Readonly<Record<string, number>>) =>
+      Effect.forEach(Object.entries(counters), ([id, total]) => {
+        const counter = jobCounters.get(id)
+        const delta = total - (reported.get(id) ?? 0)
+        reported.set(id, total)
+        return counter !== undefined && delta > 0 ? Metric.update(counter, delta) : Effect.void
+      }, { discard: true })
     return (message: ChildMessage) =>
       Effect.gen(function*() {
         switch (message._tag) {
@@ -143,14 +156,10 @@ const makeSupervisor = Effect.fnUntraced(function*(options: SupervisorOptions) {
             const at = yield* now
             yield* Ref.update(fleet, (f) => Fleet.beat(f, slot, pid, message.ageSeconds, at))
             yield* Ref.update(inFlight, (m) => new Map(m).set(pid, message.inFlight))
-            // Totals per child, summed as deltas: the fleet's counters keep what dead children did.
-            for (const [id, total] of Object.entries(message.counters)) {
-              const counter = jobCounters.get(id)
-              const delta = total - (reported.get(id) ?? 0)
-              reported.set(id, total)
-              if (counter !== undefined && delta > 0) yield* Metric.update(counter, delta)
-            }
+            return yield* count(message.counters)
           }
+          case "Drained":
+            return yield* count(message.counters)
         }
       })
   }
@@ -165,11 +174,22 @@ const makeSupervisor = Effect.fnUntraced(function*(options: SupervisorOptions) {
       : Effect.logWarning(`${what}; ${next}`)
   }
 
-  /** A child's exit: record it (a recycled child's changes nothing) and close its scope. */
-  const onExit = (slot: number, pid: number, forkedAt: number, scope: Scope.Closeable, exit: Fleet.ChildExit) =>
+  /**
+   * A child's exit: record it (a recycled child's changes nothing), take the messages it sent last (its final
+   * counters are read after its exit is seen), and close its scope.
+   */
+  const onExit = (
+    slot: number,
+    pid: number,
+    forkedAt: number,
+    scope: Scope.Closeable,
+    consumer: Fiber.Fiber<void>,
+    exit: Fleet.ChildExit
+  ) =>
     Effect.gen(function*() {
       const at = yield* now
       const after = yield* Ref.updateAndGet(fleet, (f) => Fleet.exited(f, slot, pid, exit, at))
+      yield* Fiber.await(consumer).pipe(Effect.timeoutOption(Duration.seconds(1)))
       yield* forget(pid)
       yield* Scope.close(scope, Exit.void)
       yield* logExit(slot, exit, (at - forkedAt) / 1000, after.slots[slot]!, pid)
@@ -181,7 +201,7 @@ const makeSupervisor = Effect.fnUntraced(function*(options: SupervisorOptions) {
    */
   const launch = (slot: number) =>
     Effect.gen(function*() {
-      const inbox = yield* Q.unbounded<ChildMessage>()
+      const inbox = yield* Q.unbounded<ChildMessage, Cause.Done>()
       const scope = yield* Scope.make()
       const child = yield* Effect.acquireRelease(launcher.fork(slot, inbox), (c) => release(slot, c)).pipe(
         Scope.provide(scope),
@@ -191,9 +211,12 @@ const makeSupervisor = Effect.fnUntraced(function*(options: SupervisorOptions) {
       yield* Ref.update(fleet, (f) => Fleet.forked(f, slot, child.pid, forkedAt))
       yield* Ref.update(running, (m) => new Map(m).set(child.pid, { slot, child, scope }))
       const ready = yield* Deferred.make<void>()
-      yield* Stream.fromQueue(inbox).pipe(Stream.runForEach(onMessage(slot, child.pid, ready)), Effect.forkIn(scope))
+      const consumer = yield* Stream.fromQueue(inbox).pipe(
+        Stream.runForEach(onMessage(slot, child.pid, ready)),
+        Effect.forkIn(scope)
+      )
       yield* child.exited.pipe(
-        Effect.flatMap((exit) => onExit(slot, child.pid, forkedAt, scope, exit)),
+        Effect.flatMap((exit) => onExit(slot, child.pid, forkedAt, scope, consumer, exit)),
         Effect.forkIn(fleetScope)
       )
       const isReady = Effect.raceFirst(Deferred.await(ready), Effect.asVoid(child.exited))
@@ -260,6 +283,7 @@ const makeSupervisor = Effect.fnUntraced(function*(options: SupervisorOptions) {
 
   yield* restartDue.pipe(
     Effect.andThen(publish),
+    Effect.catchCause((cause) => Effect.logError("supervisor monitor tick failed; retrying", cause)),
     Effect.repeat(Schedule.spaced(options.monitorEvery ?? Duration.seconds(1))),
     Effect.forkScoped
   )

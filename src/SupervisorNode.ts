@@ -3,7 +3,7 @@
  * own entry file with an IPC channel (`node:child_process.fork`; effect/process has none), the fleet's
  * /health and /metrics on PGQ_HEALTH_PORT, and the supervisor's row in `process`.
  */
-import { Deferred, Effect, Layer, Option, Queue as Q, Schema } from "effect"
+import { type Cause, Deferred, Effect, Layer, Option, Queue as Q, Schema } from "effect"
 import { fork } from "node:child_process"
 import { access } from "node:fs/promises"
 import type { PgqSettings } from "./Config.ts"
@@ -53,7 +53,7 @@ export interface NodeLauncherOptions {
 }
 
 /** Fork `entry` with an IPC channel; the child's stdout and stderr are the supervisor's. */
-const forkNode = (options: NodeLauncherOptions) => (slot: number, inbox: Q.Enqueue<ChildMessage>) =>
+const forkNode = (options: NodeLauncherOptions) => (slot: number, inbox: Q.Enqueue<ChildMessage, Cause.Done>) =>
   Effect.gen(function*() {
     const failed = (reason: string) => new ForkFailed({ slot, processes: options.processes, reason })
     yield* Effect.tryPromise({
@@ -78,6 +78,8 @@ const forkNode = (options: NodeLauncherOptions) => (slot: number, inbox: Q.Enque
     // Later errors (a send to a child that just died) show as its exit; unhandled, one would crash us.
     child.on("error", () => {})
     child.on("message", (raw: unknown) => Option.map(decodeMessage(raw), (message) => Q.offerUnsafe(inbox, message)))
+    // The channel closes after the last message has been read, which may be after the exit.
+    child.once("disconnect", () => Q.endUnsafe(inbox))
     child.once("exit", (code, signal) => Deferred.doneUnsafe(exited, Effect.succeed({ code, signal })))
     return {
       pid: child.pid ?? -1,

@@ -6,7 +6,7 @@
  * checked against a tiny IPC child (no database).
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Option, Queue as Q, Scope } from "effect"
+import { type Cause, Clock, Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Option, Queue as Q, Scope } from "effect"
 import { TestClock } from "effect/testing"
 import { fileURLToPath } from "node:url"
 import { parseSettings } from "../src/Config.ts"
@@ -158,7 +158,7 @@ describe("Fleet (pure state machine)", () => {
 interface FakeChild {
   readonly slot: number
   readonly pid: number
-  readonly inbox: Q.Enqueue<ChildMessage>
+  readonly inbox: Q.Enqueue<ChildMessage, Cause.Done>
   readonly exited: Deferred.Deferred<Fleet.ChildExit>
   stops: number
   obedient: boolean
@@ -173,6 +173,8 @@ const makeFake = Effect.gen(function*() {
       Effect.gen(function*() {
         if (refuse.has(slot)) return yield* new ForkFailed({ slot, processes: 3, reason: "spawn EAGAIN" })
         const exited = yield* Deferred.make<Fleet.ChildExit>()
+        // Like the channel, the inbox ends with the child.
+        yield* Deferred.await(exited).pipe(Effect.andThen(Q.end(inbox)), Effect.forkDetach)
         const child: FakeChild = { slot, pid: 100 + forks.length, inbox, exited, stops: 0, obedient: defaults.obedient }
         forks.push(child)
         Q.offerUnsafe(inbox, { _tag: "Ready" })
@@ -406,7 +408,7 @@ describe("Supervisor (fake children, TestClock)", () => {
       expect(yield* Deferred.await(old.exited)).toEqual({ code: null, signal: "SIGKILL" })
     }))
 
-  it.effect("the children's job counters are summed into the supervisor's, dead children's included", () =>
+  it.effect("the children's job counters are summed into the supervisor's, dead children's (and their last word) included", () =>
     Effect.gen(function*() {
       const fake = yield* makeFake
       const supervisor = yield* start(fake, yield* Effect.scope)
@@ -416,11 +418,13 @@ describe("Supervisor (fake children, TestClock)", () => {
       yield* beat(fake.latest(0), 0, { pgq_jobs_processed_total: 8 })
       yield* beat(fake.latest(1), 0, { pgq_jobs_processed_total: 3, not_ours_total: 99 })
       yield* settle(processed, (n) => n === before + 11)
+      // Its last word after the drain, read after its exit.
+      Q.offerUnsafe(fake.latest(0).inbox, { _tag: "Drained", counters: { pgq_jobs_processed_total: 10 } })
       yield* die(fake.latest(0))
       yield* TestClock.adjust("2 seconds")
       yield* settle(supervisor.status, (v) => v.slots[0]!.pid !== null)
       yield* beat(fake.latest(0), 0, { pgq_jobs_processed_total: 2 })
-      expect(yield* settle(processed, (n) => n === before + 13)).toBe(before + 13)
+      expect(yield* settle(processed, (n) => n === before + 15)).toBe(before + 15)
     }))
 })
 
@@ -451,7 +455,7 @@ describe("the node launcher (real forks of a tiny IPC child)", () => {
   const fixture = fileURLToPath(new URL("./fixtures/ipc-child.mjs", import.meta.url))
   const fork = (entry: string, env: Record<string, string> = {}) =>
     Effect.gen(function*() {
-      const inbox = yield* Q.unbounded<ChildMessage>()
+      const inbox = yield* Q.unbounded<ChildMessage, Cause.Done>()
       const launcher = Context.get(yield* Layer.build(nodeLauncher({ entry, processes: 2, env: () => ({ PATH: process.env.PATH ?? "", ...env }) })), Launcher)
       const child = yield* launcher.fork(1, inbox)
       return { inbox, child }
@@ -470,6 +474,7 @@ describe("the node launcher (real forks of a tiny IPC child)", () => {
       expect(yield* Q.take(inbox)).toEqual({ _tag: "Beat", ageSeconds: 0.25, inFlight: 1, counters: { pgq_jobs_processed_total: 3 } })
       yield* child.stop
       expect(yield* child.exited).toEqual({ code: 0, signal: null })
+      expect(Exit.isFailure(yield* Effect.exit(Q.take(inbox)))).toBe(true) // ended with the channel
       yield* child.stop // gone: nothing happens
 
       const stubborn = yield* fork(fixture, { IPC_CHILD_STUBBORN: "1" })
