@@ -12,6 +12,7 @@ import type { SqlClient } from "effect/sql"
 import type { Layer } from "effect"
 import type { PgqSettings } from "./Config.ts"
 import * as Metrics from "./Metrics.ts"
+import { exitIfShutdownHangs } from "./Shutdown.ts"
 import { type ChildMessage, ChildMessage as ChildMessageSchema, jobCounters, Stop } from "./Supervisor.ts"
 import type { TaskRegistry } from "./Task.ts"
 import * as Worker from "./Worker.ts"
@@ -23,6 +24,13 @@ const send = (message: ChildMessage) =>
   Effect.sync(() => {
     if (process.connected) process.send?.(encode(message), undefined, undefined, () => {})
   })
+
+/** Send and wait (a second at most) until it is written, so that exiting right after does not lose it. */
+const sendWritten = (message: ChildMessage) =>
+  Effect.callback<void>((resume) => {
+    if (!process.connected || process.send === undefined) return resume(Effect.void)
+    process.send(encode(message), undefined, undefined, () => resume(Effect.void))
+  }).pipe(Effect.timeoutOption("1 second"), Effect.asVoid)
 
 /**
  * Listen to the supervisor for the life of the scope: Stop, or the channel closing, completes `stopped`.
@@ -94,9 +102,17 @@ const supervised = (slot: number, settings: PgqSettings, stopped: Deferred.Defer
       Effect.repeat(Schedule.spaced("1 second")),
       Effect.forkScoped
     )
+    // Armed when the drain begins: an orphan has no supervisor to SIGKILL it if the database swallows packets.
+    yield* exitIfShutdownHangs(Worker.shutdownDeadlineSeconds(settings), "pgq-worker")
     const reason = yield* Deferred.await(stopped)
     yield* Effect.logInfo(`worker process ${slot} draining: ${reason}`)
   }).pipe(Effect.scoped)
+
+/**
+ * The end of a child that has drained and closed its pools: exit now, so that nothing left armed (the shutdown
+ * hang guard's timer) keeps the process alive.
+ */
+export const exit = Effect.sync(() => process.exit(0))
 
 /**
  * Run the worker of a supervised child until the supervisor stops it (or vanishes) or it recycles itself;
@@ -113,7 +129,7 @@ export const run = <R, E2, R2>(
     const stopped = yield* Deferred.make<string>()
     yield* listenToSupervisor(stopped)
     // After the drain: the jobs finished since the last heartbeat count in the fleet's metrics too.
-    const drained = counters.pipe(Effect.flatMap((totals) => send({ _tag: "Drained", counters: totals })))
+    const drained = counters.pipe(Effect.flatMap((totals) => sendWritten({ _tag: "Drained", counters: totals })))
     yield* supervised(slot, settings, stopped).pipe(
       Effect.provide(Worker.layerWithRuntime(registry, settings, runtime)),
       Effect.ensuring(drained)

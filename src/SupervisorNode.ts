@@ -11,7 +11,9 @@ import { ForkFailed } from "./Errors.ts"
 import type { ChildExit } from "./Fleet.ts"
 import * as Health from "./Health.ts"
 import { ProcessRegistry } from "./ProcessRegistry.ts"
+import { exitIfShutdownHangs } from "./Shutdown.ts"
 import { ChildMessage, type ForkedChild, Launcher, Stop, Supervisor } from "./Supervisor.ts"
+import { shutdownDeadlineSeconds } from "./Worker.ts"
 
 /** Set by the supervisor in each child's environment: the child's slot (0-based). */
 export const SLOT_VARIABLE = "PGQ_SUPERVISOR_SLOT"
@@ -159,6 +161,8 @@ export const serve = (settings: PgqSettings, entry: string) => {
       onNone: () => Effect.void,
       onSome: (port) => Layer.build(Health.layer(port, fleetCheck(settings, supervisor)))
     })
+    // Children are SIGKILLed at the shared deadline; past that only the supervisor's own statements remain.
+    yield* exitIfShutdownHangs(shutdownDeadlineSeconds(settings), "pgq-worker")
     return yield* Effect.never
   }).pipe(Effect.scoped, Effect.provide(Layer.merge(fleet, ProcessRegistry.layer(settings.schema))))
 }

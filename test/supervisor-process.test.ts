@@ -257,6 +257,9 @@ layer(testDb("supervisor_process"), { excludeTestServices: true })("dist/worker.
       expect(restarts).toBeGreaterThanOrEqual(1)
       console.log(`[measure] ${jobs} jobs of 100 ms, PGQ_MAX_JOBS_PER_PROCESS=20: ${runs!.pids} processes, ${restarts} recycled`)
       expect(supervisor.output()).toContain("is recycling (ran ")
+      // A recycled child leaves as soon as it has drained, cleanly.
+      const exits = (yield* eventually(Effect.sync(supervisor.output), (out) => /exited with code 0/.test(out))).match(/exited (with code|on) \S+/g)
+      expect(new Set(exits)).toEqual(new Set(["exited with code 0"]))
       supervisor.child.kill("SIGTERM")
       expect(yield* supervisor.exit).toEqual({ code: 0, signal: null })
     }), { timeout: 90_000 })

@@ -57,6 +57,7 @@ const child = (settings: PgqSettings, slot: number) =>
     yield* SupervisedWorker.run(tasks, settings, runtimeDatabase(settings), slot).pipe(
       Effect.provide(handlersDatabase(settings))
     )
+    yield* SupervisedWorker.exit
   })
 
 // The children load the task registry themselves: the supervisor only checks that one is named.
