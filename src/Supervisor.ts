@@ -72,7 +72,10 @@ export const crashLooping = Metric.gauge("pgq_supervisor_crash_looping", {
   description: "1 while a slot has had 3 quick deaths in a row (and /health answers 503)"
 })
 
-/** The worker's job counters (Metrics.ts), by name: what the children report and the supervisor sums. */
+/**
+ * The worker's job counters (Metrics.ts), by name: what the children report and the supervisor sums. Every
+ * counter there counts with numbers (not bigints), hence the cast.
+ */
 export const jobCounters: ReadonlyMap<string, Metric.Counter<number>> = new Map(
   Object.values(Metrics).flatMap((m) =>
     Metric.isMetric(m) && m.type === "Counter" ? [[m.id, m as unknown as Metric.Counter<number>] as const] : []
