@@ -2,11 +2,13 @@
  * The prefork supervisor with real processes: `node dist/worker.js` with PGQ_PROCESSES=2 against this file's
  * schema. A SIGKILLed child is forked again after its backoff while its job runs again elsewhere; a task module
  * that throws at import crash-loops one slot (503, valid JSON) until a child of it has polled for 10 s; SIGTERM
- * drains every child against one shared deadline and SIGKILLs a straggler; a SIGKILLed supervisor's children
+ * drains every child against one shared deadline and SIGKILLs a straggler; a Ctrl-C to the process group
+ * drains each child once; a SIGKILLed supervisor's children
  * drain and exit on their own; recycling loses and repeats no job; bad PGQ_PROCESSES values are refused.
  */
 import { expect, layer } from "@effect/vitest"
-import { Clock, Effect } from "effect"
+import { Clock, Deferred, Effect } from "effect"
+import { spawn } from "node:child_process"
 import { SqlClient } from "effect/sql"
 import { existsSync, mkdtempSync, readFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -68,6 +70,29 @@ const jobRows = (queue: string) =>
     return yield* sql<{ task: string; state: string; read_ct: number; claimed_by: string | null }>`
       SELECT task, state, read_ct, claimed_by FROM ${sql(`${schema}.message`)} WHERE queue = ${queue} ORDER BY msg_id`
   })
+
+/**
+ * `node dist/worker.js` as a terminal runs it: leader of its own process group, so a Ctrl-C (SIGINT to the
+ * group) reaches the supervisor and every child at once. The group is SIGKILLed when the scope closes.
+ */
+const spawnGroupLeader = (env: Record<string, string>) =>
+  Effect.acquireRelease(
+    Effect.gen(function*() {
+      const exited = yield* Deferred.make<{ code: number | null; signal: NodeJS.Signals | null }>()
+      let output = ""
+      const child = spawn(process.execPath, ["dist/worker.js"], {
+        cwd: new URL("..", import.meta.url).pathname,
+        env: { PATH: process.env.PATH ?? "", PGQ_LOG_FORMAT: "json", ...env },
+        stdio: ["ignore", "pipe", "pipe"],
+        detached: true
+      })
+      child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()))
+      child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()))
+      child.once("exit", (code, signal) => Deferred.doneUnsafe(exited, Effect.succeed({ code, signal })))
+      return { group: child.pid!, exit: Deferred.await(exited), output: () => output }
+    }),
+    ({ group }) => Effect.try(() => process.kill(-group, "SIGKILL")).pipe(Effect.ignore)
+  )
 
 const pidOf = (claimedBy: string | null) => Number(claimedBy?.split(":")[1])
 
@@ -191,6 +216,27 @@ layer(testDb("supervisor_process"), { excludeTestServices: true })("dist/worker.
       expect(fleet.slots.every((s) => s.pid !== null && isGone(s.pid))).toBe(true)
       const [, released] = yield* jobRows("term")
       expect(released).toMatchObject({ task: "sleep", state: "ready", read_ct: 1, claimed_by: null })
+    }), { timeout: 60_000 })
+
+  it.effect("Ctrl-C reaches the whole process group: each child drains once (not twice), gives its job back; exit 0", () =>
+    Effect.gen(function*() {
+      const { schema, url } = yield* TestSchema
+      const port = yield* freePort
+      const q = yield* Queue
+      const fleet = yield* spawnGroupLeader(fleetEnv(schema, url, port, { PGQ_QUEUES: "ctrlc", PGQ_CONCURRENCY: "1" }))
+      yield* eventually(health(port), (h) => h.status === 200 && h.body.alive_children === 2)
+      yield* q.enqueue("sleep", { ms: 600_000 }, { queue: "ctrlc" })
+      yield* q.enqueue("sleep", { ms: 600_000 }, { queue: "ctrlc" })
+      yield* eventually(jobRows("ctrlc"), (r) => r.length === 2 && r.every((j) => j.state === "claimed"))
+
+      process.kill(-fleet.group, "SIGINT")
+      expect(yield* fleet.exit).toEqual({ code: 0, signal: null })
+      const drained = fleet.output().match(/worker \S+ drained/g) ?? []
+      expect(drained).toHaveLength(2)
+      expect(new Set(drained).size).toBe(2)
+      expect(fleet.output().match(/released 1 unfinished job/g)).toHaveLength(2)
+      const jobs = yield* jobRows("ctrlc")
+      expect(jobs.map((j) => [j.state, j.read_ct, j.claimed_by])).toEqual([["ready", 1, null], ["ready", 1, null]])
     }), { timeout: 60_000 })
 
   it.effect("a SIGKILLed supervisor's children notice the closed channel, drain, give their jobs back and exit", () =>
