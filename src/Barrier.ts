@@ -154,22 +154,31 @@ export const makeBarrier = Effect.fnUntraced(function*(options: BarrierOptions) 
     })
 
   /** Remove what an execution left: barrier row, markers, jobs not claimed right now (bounded batches). */
+  /**
+   * Remove everything a previous run left: barrier row, markers, and every job — claimed ones too, so an old
+   * batch still running completes as "stale" (its fence gone) and can never count toward the new run.
+   */
   const clear = (executionId: string) =>
     Effect.gen(function*() {
       yield* sql`DELETE FROM ${barrierTable} WHERE execution_id = ${executionId}`
       yield* sql`DELETE FROM ${markers} WHERE execution_id = ${executionId}`
-      yield* removePending(executionId, "all")
+      yield* removeJobs(executionId, "every job")
     })
 
-  /** Delete an execution's jobs that no worker holds right now, in bounded statements; returns how many. */
-  const removePending = (executionId: string, which: "batches" | "all") =>
+  /**
+   * Delete an execution's jobs in bounded statements; returns how many. "unclaimed batches" leaves what a
+   * worker runs right now (its completion is then abandoned) and skips rows being claimed.
+   */
+  const removeJobs = (executionId: string, which: "unclaimed batches" | "every job") =>
     Effect.gen(function*() {
-      const only = which === "batches" ? sql`AND batch_index IS NOT NULL` : sql``
+      const only = which === "unclaimed batches"
+        ? sql`AND batch_index IS NOT NULL AND state <> 'claimed'`
+        : sql``
+      const lock = which === "unclaimed batches" ? sql`FOR UPDATE SKIP LOCKED` : sql`FOR UPDATE`
       const once = sql<{ n: number }>`
         WITH doomed AS (
-          SELECT msg_id FROM ${message}
-          WHERE execution_id = ${executionId} ${only} AND state <> 'claimed'
-          LIMIT ${CLEANUP_BATCH} FOR UPDATE SKIP LOCKED
+          SELECT msg_id FROM ${message} WHERE execution_id = ${executionId} ${only}
+          LIMIT ${CLEANUP_BATCH} ${lock}
         ), gone AS (DELETE FROM ${message} m USING doomed WHERE m.msg_id = doomed.msg_id RETURNING 1)
         SELECT count(*)::int AS n FROM gone`.pipe(Effect.map((rows) => rows[0]!.n))
       let total = 0
@@ -245,7 +254,42 @@ export const makeBarrier = Effect.fnUntraced(function*(options: BarrierOptions) 
    * A batch succeeded with `result` (already encoded, JSON-storable): ack it, count it, and fire the
    * callback if it was the last — one transaction.
    */
+  /**
+   * The common case — not the last batch — in one autocommit statement: one round trip, and the barrier row is
+   * never locked across a round trip to the worker (measured: the transaction's BEGIN/COMMIT round trips
+   * with the row locked serialised the completions of one execution). It locks the barrier row first and only
+   * when this batch is not the last (remaining > 1) acks it, inserts its marker and decrements, committing
+   * asynchronously; otherwise it changes nothing and the transaction below decides.
+   */
+  const completeFast = (attempt: BatchAttempt, result: unknown) =>
+    sql<{ seen: number | null; acked: boolean; counted: boolean }>`
+      WITH b AS (
+        SELECT remaining FROM ${barrierTable} WHERE execution_id = ${attempt.executionId} FOR UPDATE
+      ), acked AS (
+        DELETE FROM ${message} AS m
+        WHERE m.msg_id = ${attempt.msgId}::bigint AND m.claim_token = ${attempt.token}::uuid AND m.state = 'claimed'
+          AND (SELECT remaining FROM b) > 1
+        RETURNING 1
+      ), counted AS (
+        INSERT INTO ${markers} (execution_id, batch_index, result)
+        SELECT ${attempt.executionId}, ${attempt.batchIndex}, ${JSON.stringify(result ?? null)}::jsonb FROM acked
+        ON CONFLICT (execution_id, batch_index) DO NOTHING
+        RETURNING 1
+      ), left_over AS (
+        UPDATE ${barrierTable} SET remaining = remaining - 1, last_progress_at = now()
+        WHERE execution_id = ${attempt.executionId} AND EXISTS (SELECT 1 FROM counted)
+        RETURNING remaining
+      )
+      SELECT (SELECT remaining FROM b) AS seen, EXISTS (SELECT 1 FROM acked) AS acked,
+             EXISTS (SELECT 1 FROM counted) AS counted, set_config('synchronous_commit', 'off', true) AS relaxed`
+
   const complete = Effect.fn("Barrier.complete")(function*(attempt: BatchAttempt, result: unknown) {
+    const [fast] = yield* completeFast(attempt, result)
+    if (fast!.seen !== null && fast!.seen > 1) {
+      if (!fast!.acked) return "stale" satisfies CompleteResult
+      return (fast!.counted ? "pending" : "duplicate") satisfies CompleteResult
+    }
+    // The last batch, a barrier that is gone, or one already torn down: the transaction decides.
     return yield* sql.withTransaction(Effect.gen(function*() {
       // One statement for the common case: the fenced ack, the marker with the result, the decrement. The
       // transaction commits asynchronously (a crash undoes all three together: the batch is redelivered and
@@ -309,7 +353,7 @@ export const makeBarrier = Effect.fnUntraced(function*(options: BarrierOptions) 
       if (row === undefined || row.counted) return "already-ended" satisfies EndResult
       yield* status.mark(executionId, orgId, target, reason)
       yield* sql`DELETE FROM ${barrierTable} WHERE execution_id = ${executionId}`
-      yield* removePending(executionId, "batches")
+      yield* removeJobs(executionId, "unclaimed batches")
       return "ended" satisfies EndResult
     })).pipe(Effect.catchTag("StatusWriteFailed", () => Effect.succeed<EndResult>("unconfirmed")))
 

@@ -3,11 +3,9 @@ import { Effect, Exit, Layer, Ref, Schedule, Schema } from "effect"
 import { SqlClient } from "effect/sql"
 import * as Barrier from "../src/Barrier.ts"
 import * as ExecutionStatus from "../src/ExecutionStatus.ts"
-import { ProcessRegistry } from "../src/ProcessRegistry.ts"
 import { type ClaimedJob, Queue } from "../src/Queue.ts"
 import * as Task from "../src/Task.ts"
-import { Worker, type WorkerOptions } from "../src/Worker.ts"
-import { TestSchema, testDb } from "./support.ts"
+import { options, TestSchema, testDb, withWorker } from "./support.ts"
 
 const db = testDb("barrier", { maxConnections: 20 })
 
@@ -94,7 +92,7 @@ layer(db, { excludeTestServices: true })("Barrier", (it) => {
     Effect.gen(function*() {
       yield* fanOut("e-twice", 2, "twice")
       expect(yield* fanOut("e-twice", 2, "twice")).toMatchObject({ _tag: "AlreadyStarted", reason: "its barrier is live" })
-      const [first] = yield* claimBatches("twice", 1)
+      const [first, held] = yield* claimBatches("twice", 2)
       expect(yield* BarrierService.use((b) => b.complete(asBatch(first!), "r0"))).toBe("pending")
       const rerun = yield* BarrierService.use((b) =>
         b.start({
@@ -107,8 +105,10 @@ layer(db, { excludeTestServices: true })("Barrier", (it) => {
       )
       expect(rerun).toEqual({ _tag: "Started", executionId: "e-twice", batches: 1 })
       expect(yield* barrierRow("e-twice")).toMatchObject({ total: 1, remaining: 1 })
-      // The old pending batch is gone; the claimed one is left to its worker (its completion is now a duplicate
-      // of nothing: its index 0 marker was cleared, so it counts for the new run only if it is the new job).
+      // Every job of the old run is gone, a claimed one too: its worker's completion is stale and cannot count
+      // toward the new run (before, it counted and fired the new run's callback).
+      expect(yield* BarrierService.use((b) => b.complete(asBatch(held!), "old"))).toBe("stale")
+      expect(yield* barrierRow("e-twice")).toMatchObject({ total: 1, remaining: 1 })
       const jobs = yield* claimBatches("twice")
       expect(jobs.map((j) => j.payload)).toEqual([{ again: true }])
     }))
@@ -269,25 +269,6 @@ layer(unconfirmedDb, { excludeTestServices: true })("Barrier without a status po
 
 class PartFailed extends Schema.TaggedError<PartFailed>()("PartFailed", { index: Schema.Number }) {}
 
-/** Run a real worker over `queues` while `body` runs. */
-const withWorker = <R, A, E, R2>(registry: Task.TaskRegistry<R>, queues: ReadonlyArray<string>, body: Effect.Effect<A, E, R2>) =>
-  Effect.gen(function*() {
-    const { schema } = yield* TestSchema
-    const options: WorkerOptions = {
-      schema,
-      queues,
-      concurrency: 4,
-      leaseSeconds: 30,
-      maxAttempts: 5,
-      pollIntervalMs: 10,
-      pollMaxMs: 50,
-      shutdownGraceSeconds: 5,
-      heartbeatSeconds: 1,
-      processStaleSeconds: 5
-    }
-    return yield* body.pipe(Effect.provide(Worker.layer(registry, options).pipe(Layer.provide(ProcessRegistry.layer(schema)))))
-  })
-
 const waitFor = <A, E, R>(check: Effect.Effect<A, E, R>, until: (a: A) => boolean) =>
   check.pipe(Effect.repeat({ schedule: Schedule.spaced("20 millis"), until }))
 
@@ -313,7 +294,7 @@ layer(testDb("barrier_worker", { maxConnections: 12 }), { excludeTestServices: t
       )
       yield* withWorker(
         Task.registry(part, gather),
-        ["squares"],
+        (s) => options(s, "squares"),
         waitFor(statusOf("e-squares"), (s) => s._tag === "Found" && s.status === "COMPLETED")
       )
       expect(yield* Ref.get(gathered)).toEqual([Array.from({ length: 20 }, (_, n) => ({ square: n * n }))])
@@ -341,7 +322,7 @@ layer(testDb("barrier_worker", { maxConnections: 12 }), { excludeTestServices: t
       )
       yield* withWorker(
         Task.registry(part, gather),
-        ["fragile"],
+        (s) => options(s, "fragile"),
         waitFor(statusOf("e-fragile"), (s) => s._tag === "Found" && s.status === "ERROR")
       )
       expect(yield* Ref.get(callbacks)).toBe(0)
@@ -372,7 +353,7 @@ layer(testDb("barrier_worker", { maxConnections: 12 }), { excludeTestServices: t
       )
       yield* withWorker(
         Task.registry(part),
-        ["stopped"],
+        (s) => options(s, "stopped"),
         waitFor(statusOf("e-unstorable"), (s) => s._tag === "Found" && s.status === "ERROR")
       )
       expect(yield* Ref.get(ran)).toBe(1)
@@ -396,7 +377,7 @@ layer(testDb("barrier_worker", { maxConnections: 12 }), { excludeTestServices: t
       )
       yield* withWorker(
         Task.registry(part, gather),
-        ["discard"],
+        (s) => options(s, "discard"),
         waitFor(statusOf("e-discard"), (s) => s._tag === "Found" && s.status === "ERROR")
       )
     }), { timeout: 30_000 })
