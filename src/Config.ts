@@ -57,6 +57,13 @@ export interface PgqSettings {
   readonly logLevel: LogLevel.LogLevel
   /** Apply schema.sql at start-up (idempotent); off for roles without DDL rights. */
   readonly autoMigrate: boolean
+  /** Serve the operator's dashboard from dist/reaper.js on this port (unset: no dashboard there). */
+  readonly dashboardPort: Option.Option<number>
+  /** Address the dashboard binds; loopback unless an operator opens it up. */
+  readonly dashboardHost: string
+  /** Dashboard actions (replay a dead letter, stop an execution); each request must carry the token. */
+  readonly dashboardActions: boolean
+  readonly dashboardToken: Option.Option<Redacted.Redacted<string>>
 }
 
 type Env = Readonly<Record<string, string | undefined>>
@@ -221,7 +228,15 @@ export const parseSettings = Effect.fnUntraced(function*(env: Env) {
       decodeVar("PGQ_LOG_FORMAT", "json or pretty", Schema.Literals(["json", "pretty"]))
     ),
     logLevel: yield* logLevelFrom(env),
-    autoMigrate: yield* withDefault(env, "PGQ_AUTO_MIGRATE", true, boolean("PGQ_AUTO_MIGRATE"))
+    autoMigrate: yield* withDefault(env, "PGQ_AUTO_MIGRATE", true, boolean("PGQ_AUTO_MIGRATE")),
+    dashboardPort: yield* optional(
+      env,
+      "PGQ_DASHBOARD_PORT",
+      decodeVar("PGQ_DASHBOARD_PORT", "a port 0..65535", PortNumber)
+    ),
+    dashboardHost: raw(env, "PGQ_DASHBOARD_HOST").pipe(Option.getOrElse(() => "127.0.0.1")),
+    dashboardActions: yield* withDefault(env, "PGQ_DASHBOARD_ACTIONS", false, boolean("PGQ_DASHBOARD_ACTIONS")),
+    dashboardToken: raw(env, "PGQ_DASHBOARD_TOKEN").pipe(Option.map(Redacted.make))
   }
   yield* ensure(pollMaxMs >= pollIntervalMs, "PGQ_POLL_MAX_MS", `must be >= PGQ_POLL_INTERVAL_MS (${pollIntervalMs})`)
   yield* ensure(
@@ -235,8 +250,24 @@ export const parseSettings = Effect.fnUntraced(function*(env: Env) {
     "PGQ_PROCESS_STALE_SECONDS",
     `must be at least 3 × PGQ_HEARTBEAT_SECONDS (${3 * heartbeatSeconds})`
   )
+  yield* dashboardTokenCheck(settings)
   return settings
 })
+
+/** Actions need a token an attacker cannot guess; without actions a token is not needed. */
+export const DASHBOARD_TOKEN_MIN_LENGTH = 16
+
+const dashboardTokenCheck = (settings: PgqSettings) =>
+  Option.match(settings.dashboardToken, {
+    onNone: () =>
+      ensure(!settings.dashboardActions, "PGQ_DASHBOARD_TOKEN", "must be set when PGQ_DASHBOARD_ACTIONS=true"),
+    onSome: (token) =>
+      ensure(
+        Redacted.value(token).length >= DASHBOARD_TOKEN_MIN_LENGTH,
+        "PGQ_DASHBOARD_TOKEN",
+        `must be at least ${DASHBOARD_TOKEN_MIN_LENGTH} characters`
+      )
+  })
 
 /** The validated settings as a service, so layers read configuration from one place. */
 export class PgqConfig extends Context.Service<PgqConfig, PgqSettings>()("effect-pg-queue/Config") {
