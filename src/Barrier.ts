@@ -16,11 +16,11 @@
  * The barrier row's existence is the execution's liveness for the workers: a claimed batch whose barrier is
  * gone is not run (see `ClaimedJob.barrierLive`).
  */
-import { Context, Effect, Layer, Option, Schema } from "effect"
+import { Context, Effect, Exit, Layer, Option, Request, RequestResolver, Schema } from "effect"
 import { SqlClient, type SqlError } from "effect/sql"
 import * as ExecutionStatus from "./ExecutionStatus.ts"
 import { findUnstorable, hasNul } from "./Json.ts"
-import { type Attempt, type EnqueueOptions, Queue, type QueueError } from "./Queue.ts"
+import { type Attempt, attemptKey, type EnqueueOptions, Queue, type QueueError } from "./Queue.ts"
 import type { Task } from "./Task.ts"
 
 /** A barrier cannot be started as asked: names the execution and the field. */
@@ -82,6 +82,14 @@ export type CompleteResult =
   | "stale"
 
 export type EndResult = "ended" | "already-ended" | "unconfirmed"
+
+/** One batch's completion, batched with the others requested meanwhile (see `completeMany`). */
+interface CompleteRequest extends Request.Request<CompleteResult, SqlError.SqlError | QueueError> {
+  readonly _tag: "CompleteRequest"
+  readonly attempt: BatchAttempt
+  readonly result: unknown
+}
+const CompleteRequest = Request.tagged<CompleteRequest>("CompleteRequest")
 
 /** The callback's payload schema: the ordered batch results decoded with `result`, and the context. */
 export const callbackPayload = <R extends Schema.Top, C extends Schema.Top>(result: R, context: C) =>
@@ -255,43 +263,102 @@ export const makeBarrier = Effect.fnUntraced(function*(options: BarrierOptions) 
    * callback if it was the last — one transaction.
    */
   /**
-   * The common case — not the last batch — in one autocommit statement: one round trip, and the barrier row is
-   * never locked across a round trip to the worker (measured: the transaction's BEGIN/COMMIT round trips
-   * with the row locked serialised the completions of one execution). It locks the barrier row first and only
-   * when this batch is not the last (remaining > 1) acks it, inserts its marker and decrements, committing
-   * asynchronously; otherwise it changes nothing and the transaction below decides.
+   * The common case — not the last batch — without a transaction, and many completions in one statement: one
+   * round trip for all the batches a worker finished meanwhile, and the barrier rows are never locked across
+   * a round trip to the worker (measured: BEGIN/COMMIT round trips with the row locked serialised the
+   * completions of one execution). The statement locks the barrier rows of its executions first (in
+   * execution id order, so workers cannot deadlock), then acks, marks and decrements only the completions
+   * that cannot finish their execution (fewer than `remaining` of it in this statement), committing
+   * asynchronously. The others change nothing here and take the transaction below, one by one.
    */
-  const completeFast = (attempt: BatchAttempt, result: unknown) =>
-    sql<{ seen: number | null; acked: boolean; counted: boolean }>`
-      WITH b AS (
-        SELECT remaining FROM ${barrierTable} WHERE execution_id = ${attempt.executionId} FOR UPDATE
+  const completeMany = (requests: ReadonlyArray<CompleteRequest>) =>
+    sql<{ msg_id: string; token: string; fast: boolean; acked: boolean; counted: boolean }>`
+      WITH input AS (
+        SELECT * FROM unnest(
+          ${requests.map((r) => r.attempt.msgId)}::bigint[], ${requests.map((r) => r.attempt.token)}::uuid[],
+          ${requests.map((r) => r.attempt.executionId)}::text[], ${requests.map((r) => r.attempt.batchIndex)}::int[],
+          ${requests.map((r) => JSON.stringify(r.result ?? null))}::jsonb[]
+        ) AS i(msg_id, token, execution_id, batch_index, result)
+      ), locked AS (
+        SELECT b.execution_id, b.remaining FROM ${barrierTable} AS b
+        WHERE b.execution_id IN (SELECT execution_id FROM input)
+        ORDER BY b.execution_id FOR UPDATE
+      ), eligible AS (
+        SELECT r.msg_id FROM (
+          SELECT i.msg_id, i.execution_id,
+                 row_number() OVER (PARTITION BY i.execution_id ORDER BY i.batch_index) AS rn
+          FROM input AS i
+        ) AS r JOIN locked AS l ON l.execution_id = r.execution_id
+        WHERE r.rn < l.remaining
       ), acked AS (
-        DELETE FROM ${message} AS m
-        WHERE m.msg_id = ${attempt.msgId}::bigint AND m.claim_token = ${attempt.token}::uuid AND m.state = 'claimed'
-          AND (SELECT remaining FROM b) > 1
-        RETURNING 1
+        DELETE FROM ${message} AS m USING input AS i
+        WHERE m.msg_id = i.msg_id AND m.claim_token = i.token AND m.state = 'claimed'
+          AND i.msg_id IN (SELECT msg_id FROM eligible)
+        RETURNING i.msg_id, i.token, i.execution_id, i.batch_index, i.result
+      ), chosen AS (
+        -- Two messages of one batch in one statement (duplicates): one of them counts, the other is a duplicate.
+        SELECT DISTINCT ON (execution_id, batch_index) msg_id, token, execution_id, batch_index, result
+        FROM acked ORDER BY execution_id, batch_index, msg_id
       ), counted AS (
         INSERT INTO ${markers} (execution_id, batch_index, result)
-        SELECT ${attempt.executionId}, ${attempt.batchIndex}, ${JSON.stringify(result ?? null)}::jsonb FROM acked
+        SELECT execution_id, batch_index, result FROM chosen
         ON CONFLICT (execution_id, batch_index) DO NOTHING
-        RETURNING 1
-      ), left_over AS (
-        UPDATE ${barrierTable} SET remaining = remaining - 1, last_progress_at = now()
-        WHERE execution_id = ${attempt.executionId} AND EXISTS (SELECT 1 FROM counted)
-        RETURNING remaining
+        RETURNING execution_id, batch_index
+      ), decremented AS (
+        UPDATE ${barrierTable} AS b SET remaining = b.remaining - c.n, last_progress_at = now()
+        FROM (SELECT execution_id, count(*)::int AS n FROM counted GROUP BY execution_id) AS c
+        WHERE b.execution_id = c.execution_id
+        RETURNING b.execution_id
       )
-      SELECT (SELECT remaining FROM b) AS seen, EXISTS (SELECT 1 FROM acked) AS acked,
-             EXISTS (SELECT 1 FROM counted) AS counted, set_config('synchronous_commit', 'off', true) AS relaxed`
+      SELECT i.msg_id::text AS msg_id, i.token::text AS token,
+             i.msg_id IN (SELECT msg_id FROM eligible) AS fast,
+             EXISTS (SELECT 1 FROM acked AS a WHERE a.msg_id = i.msg_id AND a.token = i.token) AS acked,
+             EXISTS (
+               SELECT 1 FROM counted AS c JOIN chosen AS ch USING (execution_id, batch_index)
+               WHERE ch.msg_id = i.msg_id AND ch.token = i.token
+             ) AS counted,
+             (SELECT count(*) FROM decremented) AS decremented,
+             set_config('synchronous_commit', 'off', true) AS relaxed
+      FROM input AS i`
+
+  /** Completions requested meanwhile (by the worker's concurrent jobs) share one `completeMany`. */
+  const resolver = RequestResolver.make<CompleteRequest>((entries) =>
+    Effect.gen(function*() {
+      const rows = yield* completeMany(entries.map((e) => e.request))
+      // Keyed by attempt: a zombie attempt and the current one of the same job may share a statement.
+      const byAttempt = new Map(rows.map((r) => [`${r.msg_id}/${r.token}`, r]))
+      const slow: Array<Request.Entry<CompleteRequest>> = []
+      for (const entry of entries) {
+        const row = byAttempt.get(attemptKey(entry.request.attempt))
+        if (row === undefined || !row.fast) {
+          slow.push(entry)
+          continue
+        }
+        entry.completeUnsafe(Exit.succeed<CompleteResult>(!row.acked ? "stale" : row.counted ? "pending" : "duplicate"))
+      }
+      yield* Effect.forEach(slow, (entry) =>
+        completeLast(entry.request.attempt, entry.request.result).pipe(
+          Effect.exit,
+          Effect.map((exit) => entry.completeUnsafe(exit))
+        ), { discard: true })
+    }).pipe(
+      Effect.catchCause((cause) =>
+        Effect.sync(() => {
+          for (const entry of entries) entry.completeUnsafe(Exit.failCause(cause))
+        })
+      )
+    )
+  )
 
   const complete = Effect.fn("Barrier.complete")(function*(attempt: BatchAttempt, result: unknown) {
-    const [fast] = yield* completeFast(attempt, result)
-    if (fast!.seen !== null && fast!.seen > 1) {
-      if (!fast!.acked) return "stale" satisfies CompleteResult
-      return (fast!.counted ? "pending" : "duplicate") satisfies CompleteResult
-    }
+    return yield* Effect.request(CompleteRequest({ attempt, result }), resolver)
+  })
+
+  const completeLast = (attempt: BatchAttempt, result: unknown) =>
+    Effect.gen(function*() {
     // The last batch, a barrier that is gone, or one already torn down: the transaction decides.
     return yield* sql.withTransaction(Effect.gen(function*() {
-      // One statement for the common case: the fenced ack, the marker with the result, the decrement. The
+      // One statement: the fenced ack, the marker with the result, the decrement. The
       // transaction commits asynchronously (a crash undoes all three together: the batch is redelivered and
       // counted then). The barrier row's lock serialises the decrements, so exactly one caller sees 0.
       const [row] = yield* sql<{ acked: boolean; counted: boolean; remaining: number | null; org_id: string | null; callback: CallbackDescriptor | null }>`
