@@ -1,10 +1,14 @@
 /**
  * Every PGQ_* knob, parsed and validated in one place. A bad value fails with `InvalidConfig`
  * naming the variable, so entrypoints can exit non-zero with a message an operator can act on.
+ *
+ * Settings given in code (`settingsWith`, the Promise facade) go through the same rules: the environment's
+ * text is only read into typed values, and one validation checks the whole record, wherever each value came
+ * from. A value from code is named by its field and its variable: `concurrency (PGQ_CONCURRENCY): …`.
  */
-import { Context, Effect, Layer, type LogLevel, Option, Redacted, Schema } from "effect"
+import { Array as Arr, Context, Effect, Formatter, Layer, LogLevel, Option, Redacted } from "effect"
 import { InvalidConfig } from "./Errors.ts"
-import { Identifier, isQueueName, queueNameRule } from "./Names.ts"
+import { Identifier, isIdentifier, isQueueName, queueNameRule } from "./Names.ts"
 
 export type LogFormat = "json" | "pretty"
 
@@ -74,52 +78,101 @@ const raw = (env: Env, variable: string): Option.Option<string> => {
   return value === undefined || value === "" ? Option.none() : Option.some(value)
 }
 
-const decodeVar = <A>(variable: string, expected: string, codec: Schema.Codec<A, string>) =>
-  (value: string): Effect.Effect<A, InvalidConfig> =>
-    Schema.decodeUnknownEffect(codec)(value).pipe(
-      Effect.mapError(() => new InvalidConfig({ variable, reason: `expected ${expected}, got ${JSON.stringify(value)}` }))
-    )
-
-const IntFromString = Schema.NumberFromString.check(Schema.isInt())
-const PositiveInt = IntFromString.check(Schema.isGreaterThan(0))
-const PositiveNumber = Schema.NumberFromString.check(Schema.isFinite(), Schema.isGreaterThan(0))
-const NonNegativeInt = IntFromString.check(Schema.isGreaterThanOrEqualTo(0))
-const PortNumber = IntFromString.check(Schema.isBetween({ minimum: 0, maximum: 65535 }))
 /** A lower-case SQL identifier: PGQ_SCHEMA, and the schema `migrate` accepts (safe to double-quote into SQL). */
 export { Identifier }
 
-const optional = <A>(env: Env, variable: string, decode: (value: string) => Effect.Effect<A, InvalidConfig>) =>
-  Effect.transposeOption(Option.map(raw(env, variable), decode))
-
-const withDefault = <A>(
-  env: Env,
-  variable: string,
-  fallback: A,
-  decode: (value: string) => Effect.Effect<A, InvalidConfig>
-) => optional(env, variable, decode).pipe(Effect.map(Option.getOrElse(() => fallback)))
-
-const positiveInt = (env: Env, variable: string, fallback: number) =>
-  withDefault(env, variable, fallback, decodeVar(variable, "a positive integer", PositiveInt))
-
-const positiveNumber = (env: Env, variable: string, fallback: number) =>
-  withDefault(env, variable, fallback, decodeVar(variable, "a positive number", PositiveNumber))
-
-const boolean = (variable: string) => (value: string): Effect.Effect<boolean, InvalidConfig> => {
-  const lowered = value.toLowerCase()
-  if (["true", "1", "yes", "on"].includes(lowered)) return Effect.succeed(true)
-  if (["false", "0", "no", "off"].includes(lowered)) return Effect.succeed(false)
-  return Effect.fail(new InvalidConfig({ variable, reason: `expected true or false, got ${JSON.stringify(value)}` }))
+/**
+ * One setting: the variable that sets it, how that variable's text reads as the setting's type, and the rule
+ * every value must pass, whether it was read from the environment or given in code.
+ */
+interface Field<A> {
+  readonly variable: string
+  /** What a valid value is, for messages. */
+  readonly expected: string
+  /** The variable's text as a value of the setting's type; undefined when it is not even that. */
+  readonly read: (text: string) => A | undefined
+  /** Why a value breaks the rule; undefined when it is valid. */
+  readonly problem: (value: A) => string | undefined
+  /** Never echoed in a message. */
+  readonly secret?: boolean
 }
 
-const queueList = (variable: string) => (value: string): Effect.Effect<ReadonlyArray<string>, InvalidConfig> => {
-  const queues = [...new Set(value.split(",").map((q) => q.trim()).filter((q) => q !== ""))]
-  const bad = queues.find((q) => !isQueueName(q))
-  if (bad !== undefined) {
-    return Effect.fail(new InvalidConfig({ variable, reason: `queue name ${JSON.stringify(bad)} ${queueNameRule}` }))
+const show = (value: unknown) => (typeof value === "string" ? JSON.stringify(value) : Formatter.format(value))
+
+const field = <A>(
+  variable: string,
+  expected: string,
+  read: (text: string) => A | undefined,
+  valid: (value: unknown) => boolean
+): Field<A> => ({
+  variable,
+  expected,
+  read,
+  problem: (value) => (valid(value) ? undefined : `expected ${expected}, got ${show(value)}`)
+})
+
+const numberOf = (text: string): number | undefined => {
+  const n = Number(text)
+  return Number.isNaN(n) ? undefined : n
+}
+
+const isInt = (value: unknown): value is number => typeof value === "number" && Number.isInteger(value)
+
+const positiveInt = (variable: string) => field(variable, "a positive integer", numberOf, (v) => isInt(v) && v > 0)
+
+const positiveNumber = (variable: string) =>
+  field(variable, "a positive number", numberOf, (v) => typeof v === "number" && Number.isFinite(v) && v > 0)
+
+const nonNegativeInt = (variable: string) => field(variable, "an integer >= 0", numberOf, (v) => isInt(v) && v >= 0)
+
+const port = (variable: string) => field(variable, "a port 0..65535", numberOf, (v) => isInt(v) && v >= 0 && v <= 65535)
+
+const readBoolean = (text: string): boolean | undefined => {
+  const lowered = text.toLowerCase()
+  if (["true", "1", "yes", "on"].includes(lowered)) return true
+  if (["false", "0", "no", "off"].includes(lowered)) return false
+  return undefined
+}
+
+const boolean = (variable: string) => field(variable, "true or false", readBoolean, (v) => typeof v === "boolean")
+
+const text = (variable: string, expected: string) =>
+  field(variable, expected, (t) => t, (v) => typeof v === "string" && v.trim() !== "")
+
+const optional = <A>(inner: Field<A>): Field<Option.Option<A>> => ({
+  ...inner,
+  read: (t) => {
+    const value = inner.read(t)
+    return value === undefined ? undefined : Option.some(value)
+  },
+  problem: (value) => {
+    if (!Option.isOption(value)) {
+      const got = inner.secret === true ? "" : `, got ${show(value)}`
+      return `expected Option.some(${inner.expected}) or Option.none()${got}`
+    }
+    return Option.isNone(value) ? undefined : inner.problem(value.value)
   }
-  return queues.length === 0
-    ? Effect.fail(new InvalidConfig({ variable, reason: "lists no queue" }))
-    : Effect.succeed(queues)
+})
+
+const secret = (variable: string): Field<Option.Option<Redacted.Redacted<string>>> =>
+  optional({
+    variable,
+    expected: "a Redacted string",
+    read: (t) => Redacted.make(t),
+    problem: (value) => (Redacted.isRedacted(value) ? undefined : "expected a Redacted string (Redacted.make(value))"),
+    secret: true
+  })
+
+const queueList: Field<ReadonlyArray<string>> = {
+  variable: "PGQ_QUEUES",
+  expected: "a comma-separated list of queue names",
+  read: (t) => [...new Set(t.split(",").map((q) => q.trim()).filter((q) => q !== ""))],
+  problem: (queues) => {
+    if (!Array.isArray(queues)) return `expected a list of queue names, got ${show(queues)}`
+    const bad = queues.find((q: unknown) => typeof q !== "string" || !isQueueName(q))
+    if (bad !== undefined) return `queue name ${show(bad)} ${queueNameRule}`
+    return queues.length === 0 ? "lists no queue" : undefined
+  }
 }
 
 const logLevels: ReadonlyMap<string, LogLevel.LogLevel> = new Map([
@@ -130,17 +183,20 @@ const logLevels: ReadonlyMap<string, LogLevel.LogLevel> = new Map([
   ["error", "Error"]
 ])
 
-/** PGQ_LOG_LEVEL alone: the entrypoints need it even when the rest of the configuration is invalid. */
-export const logLevelFrom = (env: Env): Effect.Effect<LogLevel.LogLevel, InvalidConfig> =>
-  withDefault(env, "PGQ_LOG_LEVEL", "Info", (value) => {
-    const level = logLevels.get(value.toLowerCase())
-    return level === undefined
-      ? Effect.fail(new InvalidConfig({
-        variable: "PGQ_LOG_LEVEL",
-        reason: `expected trace, debug, info, warn or error, got ${JSON.stringify(value)}`
-      }))
-      : Effect.succeed(level)
-  })
+const logLevel: Field<LogLevel.LogLevel> = {
+  variable: "PGQ_LOG_LEVEL",
+  expected: "trace, debug, info, warn or error",
+  read: (t) => logLevels.get(t.toLowerCase()),
+  problem: (value) =>
+    LogLevel.values.includes(value) ? undefined : `expected a LogLevel (${LogLevel.values.join(", ")}), got ${show(value)}`
+}
+
+const logFormat: Field<LogFormat> = field(
+  "PGQ_LOG_FORMAT",
+  "json or pretty",
+  (t) => (t === "json" || t === "pretty" ? t : undefined),
+  (v) => v === "json" || v === "pretty"
+)
 
 /** Why `value` cannot be the HTTP execution-status base URL, or undefined when it can. */
 export const statusUrlProblem = (value: string): string | undefined => {
@@ -153,121 +209,202 @@ export const statusUrlProblem = (value: string): string | undefined => {
   return url.search !== "" || url.hash !== "" ? "must not carry a query or a fragment" : undefined
 }
 
-const statusUrl = (value: string): Effect.Effect<string, InvalidConfig> => {
-  const problem = statusUrlProblem(value)
-  return problem === undefined
-    ? Effect.succeed(value)
-    : Effect.fail(new InvalidConfig({ variable: "PGQ_STATUS_URL", reason: problem }))
+const statusUrl: Field<string> = {
+  variable: "PGQ_STATUS_URL",
+  expected: "an http(s) URL",
+  read: (t) => t,
+  problem: (value) => (typeof value === "string" ? statusUrlProblem(value) : `expected an http(s) URL, got ${show(value)}`)
 }
 
-/** The most worker processes one supervisor runs; more is clamped (with a warning), as in the reference. */
-export const MAX_PROCESSES = 64
+/** Every setting, in the order they are checked. */
+const fields: { readonly [K in keyof PgqSettings]: Field<PgqSettings[K]> } = {
+  databaseUrl: secret("DATABASE_URL"),
+  schema: field("PGQ_SCHEMA", "a lower-case SQL identifier", (t) => t, (v) => typeof v === "string" && isIdentifier(v)),
+  pgbouncer: boolean("PGQ_PGBOUNCER"),
+  notify: boolean("PGQ_NOTIFY"),
+  queues: queueList,
+  tasks: optional(text("PGQ_TASKS", "a module specifier")),
+  concurrency: positiveInt("PGQ_CONCURRENCY"),
+  prefetch: nonNegativeInt("PGQ_PREFETCH"),
+  processes: positiveInt("PGQ_PROCESSES"),
+  maxJobsPerProcess: optional(positiveInt("PGQ_MAX_JOBS_PER_PROCESS")),
+  maxRssMb: optional(positiveNumber("PGQ_MAX_RSS_MB")),
+  vtSeconds: positiveInt("PGQ_VT_SECONDS"),
+  maxAttempts: positiveInt("PGQ_MAX_ATTEMPTS"),
+  pollIntervalMs: positiveInt("PGQ_POLL_INTERVAL_MS"),
+  pollMaxMs: positiveInt("PGQ_POLL_MAX_MS"),
+  shutdownGraceSeconds: positiveNumber("PGQ_SHUTDOWN_GRACE_SECONDS"),
+  leaseSeconds: positiveInt("PGQ_LEASE_SECONDS"),
+  reaperIntervalSeconds: positiveNumber("PGQ_REAPER_INTERVAL_SECONDS"),
+  barrierTtlSeconds: positiveInt("PGQ_BARRIER_TTL_SECONDS"),
+  stuckTimeoutSeconds: positiveInt("PGQ_STUCK_TIMEOUT_SECONDS"),
+  heartbeatSeconds: positiveNumber("PGQ_HEARTBEAT_SECONDS"),
+  processStaleSeconds: positiveNumber("PGQ_PROCESS_STALE_SECONDS"),
+  statementTimeoutMs: positiveInt("PGQ_STATEMENT_TIMEOUT_MS"),
+  unknownTaskGraceSeconds: positiveNumber("PGQ_UNKNOWN_TASK_GRACE_SECONDS"),
+  deadLetterRetentionDays: positiveNumber("PGQ_DEAD_LETTER_RETENTION_DAYS"),
+  markerRetentionSeconds: positiveInt("PGQ_MARKER_RETENTION_SECONDS"),
+  executionRetentionDays: positiveNumber("PGQ_EXECUTION_RETENTION_DAYS"),
+  healthPort: optional(port("PGQ_HEALTH_PORT")),
+  healthStaleSeconds: positiveNumber("PGQ_HEALTH_STALE_SECONDS"),
+  statusUrl: optional(statusUrl),
+  statusToken: secret("PGQ_STATUS_TOKEN"),
+  statusTimeoutMs: positiveInt("PGQ_STATUS_TIMEOUT_MS"),
+  logFormat,
+  logLevel,
+  autoMigrate: boolean("PGQ_AUTO_MIGRATE"),
+  dashboardPort: optional(port("PGQ_DASHBOARD_PORT")),
+  dashboardHost: text("PGQ_DASHBOARD_HOST", "a host name or address"),
+  dashboardActions: boolean("PGQ_DASHBOARD_ACTIONS"),
+  dashboardToken: secret("PGQ_DASHBOARD_TOKEN")
+}
 
-const processesFrom = (env: Env) =>
-  positiveInt(env, "PGQ_PROCESSES", 1).pipe(
-    Effect.tap((n) =>
-      n > MAX_PROCESSES
-        ? Effect.logWarning(`PGQ_PROCESSES=${n} is above ${MAX_PROCESSES}: running ${MAX_PROCESSES} processes`)
-        : Effect.void
-    ),
-    Effect.map((n) => Math.min(n, MAX_PROCESSES))
+const keys = Object.keys(fields) as ReadonlyArray<keyof PgqSettings>
+
+/** The defaults; the drain grace follows the visibility timeout (at least 30 s), as it does from the environment. */
+const withDefaults = (given: Partial<PgqSettings>): PgqSettings => ({
+  databaseUrl: Option.none(),
+  schema: "pgq",
+  pgbouncer: false,
+  notify: true,
+  queues: ["default"],
+  tasks: Option.none(),
+  concurrency: 10,
+  prefetch: 0,
+  processes: 1,
+  maxJobsPerProcess: Option.none(),
+  maxRssMb: Option.none(),
+  vtSeconds: 30,
+  maxAttempts: 5,
+  pollIntervalMs: 100,
+  pollMaxMs: 2000,
+  shutdownGraceSeconds: Math.max(30, given.vtSeconds ?? 30),
+  leaseSeconds: 10,
+  reaperIntervalSeconds: 5,
+  barrierTtlSeconds: 21600,
+  stuckTimeoutSeconds: 9000,
+  heartbeatSeconds: 2,
+  processStaleSeconds: 10,
+  statementTimeoutMs: 10_000,
+  unknownTaskGraceSeconds: 3600,
+  deadLetterRetentionDays: 14,
+  markerRetentionSeconds: 86_400,
+  executionRetentionDays: 30,
+  healthPort: Option.none(),
+  healthStaleSeconds: 60,
+  statusUrl: Option.none(),
+  statusToken: Option.none(),
+  statusTimeoutMs: 5000,
+  logFormat: "json",
+  logLevel: "Info",
+  autoMigrate: true,
+  dashboardPort: Option.none(),
+  dashboardHost: "127.0.0.1",
+  dashboardActions: false,
+  dashboardToken: Option.none(),
+  ...given
+})
+
+/** One variable read into its setting's type (not yet validated); none when it is unset. */
+const readVariable = <K extends keyof PgqSettings>(env: Env, key: K): Effect.Effect<Option.Option<PgqSettings[K]>, InvalidConfig> => {
+  const { variable, expected, read, secret } = fields[key]
+  return Option.match(raw(env, variable), {
+    onNone: () => Effect.succeed(Option.none()),
+    onSome: (t) => {
+      const value = read(t)
+      return value === undefined
+        ? Effect.fail(new InvalidConfig({ variable, reason: `expected ${expected}${secret === true ? "" : `, got ${JSON.stringify(t)}`}` }))
+        : Effect.succeed(Option.some(value))
+    }
+  })
+}
+
+/** The settings the environment sets, typed. */
+const fromEnv = (env: Env): Effect.Effect<Partial<PgqSettings>, InvalidConfig> =>
+  Effect.forEach(keys, (key) => readVariable(env, key).pipe(Effect.map(Option.map((value) => [key, value] as const)))).pipe(
+    Effect.map((entries) => Object.fromEntries(Arr.getSomes(entries)) as Partial<PgqSettings>)
   )
+
+/** A setting in a message: its variable, and its field too when the value came from code. */
+const namer = (fromCode: ReadonlySet<string>) => (key: keyof PgqSettings) =>
+  fromCode.has(key) ? `${key} (${fields[key].variable})` : fields[key].variable
+
+const problemOf = <K extends keyof PgqSettings>(settings: PgqSettings, key: K) => fields[key].problem(settings[key])
 
 const ensure = (condition: boolean, variable: string, reason: string) =>
   condition ? Effect.void : Effect.fail(new InvalidConfig({ variable, reason }))
 
-/** Parse and validate the whole configuration from an environment record. */
-export const parseSettings = Effect.fnUntraced(function*(env: Env) {
-  const vtSeconds = yield* positiveInt(env, "PGQ_VT_SECONDS", 30)
-  const pollIntervalMs = yield* positiveInt(env, "PGQ_POLL_INTERVAL_MS", 100)
-  const pollMaxMs = yield* positiveInt(env, "PGQ_POLL_MAX_MS", 2000)
-  const leaseSeconds = yield* positiveInt(env, "PGQ_LEASE_SECONDS", 10)
-  const reaperIntervalSeconds = yield* positiveNumber(env, "PGQ_REAPER_INTERVAL_SECONDS", 5)
-  const heartbeatSeconds = yield* positiveNumber(env, "PGQ_HEARTBEAT_SECONDS", 2)
-  const settings: PgqSettings = {
-    databaseUrl: raw(env, "DATABASE_URL").pipe(Option.map(Redacted.make)),
-    schema: yield* withDefault(env, "PGQ_SCHEMA", "pgq", decodeVar("PGQ_SCHEMA", "a lower-case SQL identifier", Identifier)),
-    pgbouncer: yield* withDefault(env, "PGQ_PGBOUNCER", false, boolean("PGQ_PGBOUNCER")),
-    notify: yield* withDefault(env, "PGQ_NOTIFY", true, boolean("PGQ_NOTIFY")),
-    queues: yield* withDefault(env, "PGQ_QUEUES", ["default"], queueList("PGQ_QUEUES")),
-    tasks: raw(env, "PGQ_TASKS"),
-    concurrency: yield* positiveInt(env, "PGQ_CONCURRENCY", 10),
-    prefetch: yield* withDefault(env, "PGQ_PREFETCH", 0, decodeVar("PGQ_PREFETCH", "an integer >= 0", NonNegativeInt)),
-    processes: yield* processesFrom(env),
-    maxJobsPerProcess: yield* optional(
-      env,
-      "PGQ_MAX_JOBS_PER_PROCESS",
-      decodeVar("PGQ_MAX_JOBS_PER_PROCESS", "a positive integer", PositiveInt)
-    ),
-    maxRssMb: yield* optional(env, "PGQ_MAX_RSS_MB", decodeVar("PGQ_MAX_RSS_MB", "a positive number", PositiveNumber)),
-    vtSeconds,
-    maxAttempts: yield* positiveInt(env, "PGQ_MAX_ATTEMPTS", 5),
-    pollIntervalMs,
-    pollMaxMs,
-    shutdownGraceSeconds: yield* positiveNumber(env, "PGQ_SHUTDOWN_GRACE_SECONDS", Math.max(30, vtSeconds)),
-    leaseSeconds,
-    reaperIntervalSeconds,
-    barrierTtlSeconds: yield* positiveInt(env, "PGQ_BARRIER_TTL_SECONDS", 21600),
-    stuckTimeoutSeconds: yield* positiveInt(env, "PGQ_STUCK_TIMEOUT_SECONDS", 9000),
-    heartbeatSeconds,
-    processStaleSeconds: yield* positiveNumber(env, "PGQ_PROCESS_STALE_SECONDS", 10),
-    statementTimeoutMs: yield* positiveInt(env, "PGQ_STATEMENT_TIMEOUT_MS", 10_000),
-    unknownTaskGraceSeconds: yield* positiveNumber(env, "PGQ_UNKNOWN_TASK_GRACE_SECONDS", 3600),
-    deadLetterRetentionDays: yield* positiveNumber(env, "PGQ_DEAD_LETTER_RETENTION_DAYS", 14),
-    markerRetentionSeconds: yield* positiveInt(env, "PGQ_MARKER_RETENTION_SECONDS", 86_400),
-    executionRetentionDays: yield* positiveNumber(env, "PGQ_EXECUTION_RETENTION_DAYS", 30),
-    healthPort: yield* optional(env, "PGQ_HEALTH_PORT", decodeVar("PGQ_HEALTH_PORT", "a port 0..65535", PortNumber)),
-    healthStaleSeconds: yield* positiveNumber(env, "PGQ_HEALTH_STALE_SECONDS", 60),
-    statusUrl: yield* optional(env, "PGQ_STATUS_URL", statusUrl),
-    statusToken: raw(env, "PGQ_STATUS_TOKEN").pipe(Option.map(Redacted.make)),
-    statusTimeoutMs: yield* positiveInt(env, "PGQ_STATUS_TIMEOUT_MS", 5000),
-    logFormat: yield* withDefault(
-      env,
-      "PGQ_LOG_FORMAT",
-      "json",
-      decodeVar("PGQ_LOG_FORMAT", "json or pretty", Schema.Literals(["json", "pretty"]))
-    ),
-    logLevel: yield* logLevelFrom(env),
-    autoMigrate: yield* withDefault(env, "PGQ_AUTO_MIGRATE", true, boolean("PGQ_AUTO_MIGRATE")),
-    dashboardPort: yield* optional(
-      env,
-      "PGQ_DASHBOARD_PORT",
-      decodeVar("PGQ_DASHBOARD_PORT", "a port 0..65535", PortNumber)
-    ),
-    dashboardHost: raw(env, "PGQ_DASHBOARD_HOST").pipe(Option.getOrElse(() => "127.0.0.1")),
-    dashboardActions: yield* withDefault(env, "PGQ_DASHBOARD_ACTIONS", false, boolean("PGQ_DASHBOARD_ACTIONS")),
-    dashboardToken: raw(env, "PGQ_DASHBOARD_TOKEN").pipe(Option.map(Redacted.make))
+/** The most worker processes one supervisor runs; more is clamped (with a warning), as in the reference. */
+export const MAX_PROCESSES = 64
+
+/** Every field by its rule, then the rules between fields, then the normalisations (de-duplicated queues, clamped processes). */
+const validate = Effect.fnUntraced(function*(settings: PgqSettings, fromCode: ReadonlySet<string>) {
+  const name = namer(fromCode)
+  for (const key of keys) {
+    const problem = problemOf(settings, key)
+    if (problem !== undefined) return yield* Effect.fail(new InvalidConfig({ variable: name(key), reason: problem }))
   }
-  yield* ensure(pollMaxMs >= pollIntervalMs, "PGQ_POLL_MAX_MS", `must be >= PGQ_POLL_INTERVAL_MS (${pollIntervalMs})`)
+  const { pollIntervalMs, leaseSeconds, heartbeatSeconds, processes } = settings
+  yield* ensure(settings.pollMaxMs >= pollIntervalMs, name("pollMaxMs"), `must be >= ${name("pollIntervalMs")} (${pollIntervalMs})`)
   yield* ensure(
-    reaperIntervalSeconds < leaseSeconds,
-    "PGQ_REAPER_INTERVAL_SECONDS",
-    `must be shorter than PGQ_LEASE_SECONDS (${leaseSeconds})`
+    settings.reaperIntervalSeconds < leaseSeconds,
+    name("reaperIntervalSeconds"),
+    `must be shorter than ${name("leaseSeconds")} (${leaseSeconds})`
   )
   // Two missed heartbeats (a GC pause, a slow query) must not get a live process pruned.
   yield* ensure(
     settings.processStaleSeconds >= 3 * heartbeatSeconds,
-    "PGQ_PROCESS_STALE_SECONDS",
-    `must be at least 3 × PGQ_HEARTBEAT_SECONDS (${3 * heartbeatSeconds})`
+    name("processStaleSeconds"),
+    `must be at least 3 × ${name("heartbeatSeconds")} (${3 * heartbeatSeconds})`
   )
-  yield* dashboardTokenCheck(settings)
-  return settings
+  yield* dashboardTokenCheck(settings, name)
+  if (processes > MAX_PROCESSES) {
+    yield* Effect.logWarning(`${name("processes")} is ${processes}, above ${MAX_PROCESSES}: running ${MAX_PROCESSES} processes`)
+  }
+  return { ...settings, queues: [...new Set(settings.queues)], processes: Math.min(processes, MAX_PROCESSES) }
 })
 
 /** Actions need a token an attacker cannot guess; without actions a token is not needed. */
 export const DASHBOARD_TOKEN_MIN_LENGTH = 16
 
-const dashboardTokenCheck = (settings: PgqSettings) =>
+const dashboardTokenCheck = (settings: PgqSettings, name: (key: keyof PgqSettings) => string) =>
   Option.match(settings.dashboardToken, {
     onNone: () =>
-      ensure(!settings.dashboardActions, "PGQ_DASHBOARD_TOKEN", "must be set when PGQ_DASHBOARD_ACTIONS=true"),
+      ensure(!settings.dashboardActions, name("dashboardToken"), `must be set when ${name("dashboardActions")}=true`),
     onSome: (token) =>
       ensure(
         Redacted.value(token).length >= DASHBOARD_TOKEN_MIN_LENGTH,
-        "PGQ_DASHBOARD_TOKEN",
+        name("dashboardToken"),
         `must be at least ${DASHBOARD_TOKEN_MIN_LENGTH} characters`
       )
   })
+
+const unknownSetting = (overrides: object) => Object.keys(overrides).find((key) => !(key in fields))
+
+/**
+ * The settings of the environment `env` with `overrides` given in code on top, validated as one record: every
+ * value, from either side, by the rule of its variable. An override left `undefined` is unset.
+ */
+export const settingsFrom = Effect.fnUntraced(function*(env: Env, overrides: Partial<PgqSettings> = {}) {
+  const unknown = unknownSetting(overrides)
+  if (unknown !== undefined) {
+    return yield* Effect.fail(new InvalidConfig({ variable: unknown, reason: "is not a setting (see PgqSettings)" }))
+  }
+  const given = Object.fromEntries(Object.entries(overrides).filter(([, value]) => value !== undefined)) as Partial<PgqSettings>
+  const settings = withDefaults({ ...(yield* fromEnv(env)), ...given })
+  return yield* validate(settings, new Set(Object.keys(given)))
+})
+
+/** Parse and validate the whole configuration from an environment record. */
+export const parseSettings = (env: Env): Effect.Effect<PgqSettings, InvalidConfig> => settingsFrom(env)
+
+/** Defaults with overrides given in code (hosts and tests), validated exactly like the environment's. */
+export const settingsWith = (overrides: Partial<PgqSettings>): Effect.Effect<PgqSettings, InvalidConfig> =>
+  settingsFrom({}, overrides)
+
+/** PGQ_LOG_LEVEL alone: the entrypoints need it even when the rest of the configuration is invalid. */
+export const logLevelFrom = (env: Env): Effect.Effect<LogLevel.LogLevel, InvalidConfig> =>
+  readVariable(env, "logLevel").pipe(Effect.map(Option.getOrElse((): LogLevel.LogLevel => "Info")))
 
 /** The validated settings as a service, so layers read configuration from one place. */
 export class PgqConfig extends Context.Service<PgqConfig, PgqSettings>()("effect-pg-queue/Config") {
@@ -275,8 +412,6 @@ export class PgqConfig extends Context.Service<PgqConfig, PgqSettings>()("effect
   static readonly fromEnv = (env: Env = process.env) => Layer.effect(PgqConfig, parseSettings(env))
   /** Defaults with explicit overrides, for hosts that configure in code. */
   static readonly layer = (overrides: Env = {}) => PgqConfig.fromEnv(overrides)
+  /** Settings given in code, validated like the environment's. */
+  static readonly make = (overrides: Partial<PgqSettings>) => Layer.effect(PgqConfig, settingsWith(overrides))
 }
-
-/** Defaults with overrides (hosts and tests). */
-export const settingsWith = (overrides: Partial<PgqSettings>): Effect.Effect<PgqSettings, InvalidConfig> =>
-  parseSettings({}).pipe(Effect.map((defaults) => ({ ...defaults, ...overrides })))

@@ -1,9 +1,10 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option, Redacted } from "effect"
-import { parseSettings } from "../src/Config.ts"
+import { type PgqSettings, parseSettings, settingsWith } from "../src/Config.ts"
 import { describeTarget } from "../src/Database.ts"
 
 const parse = (env: Record<string, string>) => Effect.runSync(parseSettings(env).pipe(Effect.result))
+const inCode = (overrides: Partial<PgqSettings>) => Effect.runSync(settingsWith(overrides).pipe(Effect.result))
 
 describe("Config", () => {
   it("defaults match DESIGN.md", () => {
@@ -88,5 +89,59 @@ describe("Config", () => {
     expect(describeTarget(Redacted.make("postgres://app:s3cret@db.internal:6432/jobs?sslmode=require"))).toBe(
       "db.internal:6432/jobs"
     )
+  })
+
+  describe("settings built in code (settingsWith) are validated like the environment's", () => {
+    // Each case: the value in code, and the variable the same value breaks in the environment.
+    const badInCode: ReadonlyArray<[Partial<PgqSettings>, string, string]> = [
+      [{ concurrency: 0 }, "concurrency", "PGQ_CONCURRENCY"],
+      [{ concurrency: 1.5 }, "concurrency", "PGQ_CONCURRENCY"],
+      [{ concurrency: Number.NaN }, "concurrency", "PGQ_CONCURRENCY"],
+      [{ prefetch: -1 }, "prefetch", "PGQ_PREFETCH"],
+      [{ vtSeconds: -3 }, "vtSeconds", "PGQ_VT_SECONDS"],
+      [{ maxAttempts: "5" as unknown as number }, "maxAttempts", "PGQ_MAX_ATTEMPTS"],
+      [{ healthPort: Option.some(70000) }, "healthPort", "PGQ_HEALTH_PORT"],
+      [{ healthPort: 8080 as unknown as Option.Option<number> }, "healthPort", "PGQ_HEALTH_PORT"],
+      [{ schema: "Robert'); DROP TABLE" }, "schema", "PGQ_SCHEMA"],
+      [{ queues: ["ok", "not ok"] }, "queues", "PGQ_QUEUES"],
+      [{ queues: [] }, "queues", "PGQ_QUEUES"],
+      [{ logFormat: "xml" as PgqSettings["logFormat"] }, "logFormat", "PGQ_LOG_FORMAT"],
+      [{ logLevel: "info" as PgqSettings["logLevel"] }, "logLevel", "PGQ_LOG_LEVEL"],
+      [{ pgbouncer: "sometimes" as unknown as boolean }, "pgbouncer", "PGQ_PGBOUNCER"],
+      [{ statusUrl: Option.some("ftp://status.internal") }, "statusUrl", "PGQ_STATUS_URL"],
+      [{ reaperIntervalSeconds: Number.POSITIVE_INFINITY }, "reaperIntervalSeconds", "PGQ_REAPER_INTERVAL_SECONDS"],
+      [{ maxRssMb: Option.some(0) }, "maxRssMb", "PGQ_MAX_RSS_MB"],
+      [{ databaseUrl: Option.some("postgres://u:pw@h/db") as unknown as PgqSettings["databaseUrl"] }, "databaseUrl", "DATABASE_URL"],
+      [{ pollIntervalMs: 300, pollMaxMs: 200 }, "pollMaxMs", "PGQ_POLL_MAX_MS"],
+      [{ reaperIntervalSeconds: 10 }, "reaperIntervalSeconds", "PGQ_REAPER_INTERVAL_SECONDS"],
+      [{ heartbeatSeconds: 20 }, "heartbeatSeconds", "PGQ_PROCESS_STALE_SECONDS"]
+    ]
+    for (const [overrides, field, variable] of badInCode) {
+      it(`rejects ${JSON.stringify(overrides)} naming ${field} and ${variable}`, () => {
+        const result = inCode(overrides)
+        expect(result._tag).toBe("Failure")
+        if (result._tag !== "Failure") return
+        expect(result.failure._tag).toBe("InvalidConfig")
+        expect(result.failure.message).toContain(field)
+        expect(result.failure.message).toContain(variable)
+        expect(result.failure.message).not.toContain("pw@") // a secret is never echoed
+      })
+    }
+
+    it("accepts valid values, with the environment's defaults and normalisations", () => {
+      const result = inCode({ concurrency: 3, queues: ["a", "b", "a"], vtSeconds: 60, processes: 100 })
+      expect(result._tag).toBe("Success")
+      if (result._tag !== "Success") return
+      expect(result.success).toMatchObject({ concurrency: 3, queues: ["a", "b"], processes: 64, schema: "pgq" })
+      // derived like PGQ_VT_SECONDS=60 derives it: max(30, vt)
+      expect(result.success.shutdownGraceSeconds).toBe(60)
+      const fromEnv = parse({ PGQ_CONCURRENCY: "3", PGQ_QUEUES: "a,b,a", PGQ_VT_SECONDS: "60", PGQ_PROCESSES: "100" })
+      expect(fromEnv._tag === "Success" && fromEnv.success).toEqual(result.success)
+    })
+
+    it("a field left undefined takes its default", () => {
+      const result = inCode({ concurrency: undefined } as unknown as Partial<PgqSettings>)
+      expect(result._tag === "Success" && result.success.concurrency).toBe(10)
+    })
   })
 })
