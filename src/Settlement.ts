@@ -4,7 +4,7 @@
  * (`Barrier.complete`); a batch that fails for good aborts its execution; a callback's end marks the
  * execution COMPLETED or ERROR. Every write is fenced by the attempt, so a zombie attempt changes nothing.
  */
-import { Cause, Effect, Metric, Option } from "effect"
+import { Cause, Duration, Effect, Metric, Option, Schedule } from "effect"
 import type { Barrier, BatchAttempt } from "./Barrier.ts"
 import * as ErrorText from "./ErrorText.ts"
 import * as Metrics from "./Metrics.ts"
@@ -68,7 +68,16 @@ export interface SettlementOptions<R> {
   readonly unknownTaskGraceSeconds: number
   /** Queue a plain ack (batched by the worker). */
   readonly ack: (attempt: Attempt) => Effect.Effect<void>
+  /**
+   * Where a batch's completion runs. The worker runs it in the background, so the job's slot is free at once
+   * (as a plain ack does): concurrent completions then share one statement (`Barrier.complete` batches them).
+   * Default: inline.
+   */
+  readonly background?: (completion: Effect.Effect<void>) => Effect.Effect<void>
 }
+
+/** Recording an outcome (fail, dead-letter, defer, a batch's completion) is retried through a brief outage. */
+export const SETTLE_RETRY = { schedule: Schedule.exponential(Duration.millis(200)), times: 5 }
 
 const batchOf = (job: ClaimedJob): Option.Option<BatchAttempt> =>
   job.executionId !== null && job.batchIndex !== null
@@ -118,17 +127,24 @@ export const makeSettlement = <R>(options: SettlementOptions<R>) => {
       if (Option.isSome(unstorable)) {
         return yield* deadLetter(job, `${unstorable.value.path} ${unstorable.value.reason}`)
       }
-      const counted = yield* barrier.complete(batch.value, result ?? null)
-      yield* Metric.update(
-        counted === "pending" || counted === "complete"
-          ? Metrics.barrierBatches
-          : counted === "stale"
-          ? Metrics.jobsStale
-          : Metrics.barrierAbandoned,
-        1
+      const completion = Effect.gen(function*() {
+        const counted = yield* barrier.complete(batch.value, result ?? null).pipe(Effect.retry(SETTLE_RETRY))
+        yield* Metric.update(
+          counted === "pending" || counted === "complete"
+            ? Metrics.barrierBatches
+            : counted === "stale"
+            ? Metrics.jobsStale
+            : Metrics.barrierAbandoned,
+          1
+        )
+        if (counted === "complete") yield* Metric.update(Metrics.barrierCallbacks, 1)
+        if (counted !== "stale") yield* Metric.update(Metrics.jobsProcessed, 1)
+      }).pipe(
+        Effect.catchCause((cause) =>
+          Effect.logError(`batch ${job.msgId} of ${job.executionId}: could not record its completion`, cause)
+        )
       )
-      if (counted === "complete") yield* Metric.update(Metrics.barrierCallbacks, 1)
-      if (counted !== "stale") yield* Metric.update(Metrics.jobsProcessed, 1)
+      return yield* (options.background ?? ((e) => e))(completion)
     })
 
   const failed = (job: ClaimedJob, outcome: Extract<Outcome, { _tag: "Failed" }>) =>
