@@ -238,13 +238,15 @@ export const makeExecutions = Effect.fnUntraced(function*(options: ExecutionsOpt
     } satisfies ExecutionView
   })
 
-  /** Live barriers, the ones expiring first first; `stranded`: only those the reaper would recover. */
-  const list = Effect.fn("Executions.list")(function*(filter: { readonly stranded: boolean; readonly limit: number }) {
+  /** Live barriers, the ones expiring first first, a page at a time; `stranded`: only those the reaper would recover. */
+  const list = Effect.fn("Executions.list")(function*(
+    filter: { readonly stranded: boolean; readonly limit: number; readonly offset?: number }
+  ) {
     const rows = yield* sql<BarrierRow>`
       SELECT ${barrierColumns} FROM ${barrierTable} b
       WHERE ${filter.stranded ? strandedPredicate : sql`TRUE`}
       ORDER BY b.expires_at, b.execution_id
-      LIMIT ${filter.limit}`
+      LIMIT ${filter.limit} OFFSET ${filter.offset ?? 0}`
     return rows.map(toProgress)
   })
 
