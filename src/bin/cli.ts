@@ -4,7 +4,7 @@
  * needs no DATABASE_URL.
  */
 import * as NodeServices from "@effect/platform-node/NodeServices"
-import { Console, Effect, Layer, Schema } from "effect"
+import { Console, Effect, Layer, Option, Schema } from "effect"
 import { Argument, Command, Flag } from "effect/cli"
 import { Barrier } from "../Barrier.ts"
 import { parseSettings } from "../Config.ts"
@@ -209,6 +209,28 @@ const devCommand = Command.make(
   "Demo: embedded Postgres under .pgq/, a worker and a reaper, a workload, two fan-outs (one lost), live progress"
 ))
 
+const dashboardCommand = Command.make(
+  "dashboard",
+  {
+    port: Flag.Int("port").pipe(Flag.withDescription("Port (0: any free one); default PGQ_DASHBOARD_PORT or 8089"), Flag.optional),
+    host: Flag.String("host").pipe(Flag.withDescription("Address to bind; default PGQ_DASHBOARD_HOST or 127.0.0.1"), Flag.optional)
+  },
+  (flags) =>
+    Effect.gen(function*() {
+      const s = yield* settings
+      const port = Option.getOrElse(flags.port, () => Option.getOrElse(s.dashboardPort, () => 8089))
+      if (port < 0 || port > 65535) return yield* new InvalidConfig({ variable: "--port", reason: `expected 0..65535, got ${port}` })
+      const { start } = yield* Effect.promise(() => import("../DashboardServer.ts"))
+      yield* Effect.gen(function*() {
+        const url = yield* start(s, { port, host: Option.getOrElse(flags.host, () => s.dashboardHost) })
+        yield* Console.log(`dashboard: ${url} (${s.dashboardActions ? "actions on" : "read-only"}; Ctrl-C stops it)`)
+        return yield* Effect.never
+      }).pipe(Effect.scoped, Effect.provide(databaseLayer(s, "pgq-dashboard", 4)))
+    })
+).pipe(Command.withDescription(
+  "Serve the operator's dashboard: queues, leadership, fleet, executions and dead letters, live (read-only by default)"
+))
+
 const cli = Command.make("pgq").pipe(
   Command.withDescription("effect-pg-queue: a Postgres-native job runtime"),
   Command.withSubcommands([
@@ -218,6 +240,7 @@ const cli = Command.make("pgq").pipe(
     deadLetter,
     execution,
     barrier,
+    dashboardCommand,
     devCommand
   ])
 )

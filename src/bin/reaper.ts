@@ -24,6 +24,21 @@ const healthServer = (settings: PgqSettings) =>
       )
   })
 
+/** PGQ_DASHBOARD_PORT: the dashboard, with this reaper's leadership and last tick. */
+const dashboard = (settings: PgqSettings) =>
+  Option.match(settings.dashboardPort, {
+    onNone: () => Effect.void,
+    onSome: (port) =>
+      Reaper.Reaper.use((reaper) =>
+        Effect.promise(() => import("../DashboardServer.ts")).pipe(
+          Effect.flatMap(({ start }) => start(settings, { port, host: settings.dashboardHost, reaper })),
+          Effect.tap((url) =>
+            Effect.logInfo(`dashboard on ${url} (${settings.dashboardActions ? "actions on, with the token" : "read-only"})`)
+          )
+        )
+      )
+  })
+
 const program = Effect.gen(function*() {
   const settings = yield* parseSettings(process.env)
   const options = Reaper.optionsFromSettings(settings)
@@ -31,6 +46,7 @@ const program = Effect.gen(function*() {
     if (settings.autoMigrate) yield* migrate(settings.schema)
     yield* Effect.gen(function*() {
       yield* healthServer(settings)
+      yield* dashboard(settings)
       yield* Effect.logInfo(
         `reaper started: lease ${settings.leaseSeconds}s, interval ${settings.reaperIntervalSeconds}s, schema ${settings.schema}`
       )
