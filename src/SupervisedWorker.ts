@@ -9,7 +9,7 @@
  */
 import { Deferred, Effect, Metric, Option, Schedule, Schema } from "effect"
 import type { SqlClient } from "effect/sql"
-import type { Layer } from "effect"
+import { Layer } from "effect"
 import type { PgqSettings } from "./Config.ts"
 import * as Metrics from "./Metrics.ts"
 import { exitIfShutdownHangs } from "./Shutdown.ts"
@@ -118,11 +118,13 @@ export const exit = Effect.sync(() => process.exit(0))
  * Run the worker of a supervised child until the supervisor stops it (or vanishes) or it recycles itself;
  * then it drains (the Worker layer's release) and the process exits 0.
  */
-export const run = <R, E2, R2>(
+export const run = <R, E2, R2, E3 = never, R3 = never>(
   registry: TaskRegistry<R>,
   settings: PgqSettings,
   runtime: Layer.Layer<SqlClient.SqlClient, E2, R2>,
-  slot: number
+  slot: number,
+  /** The task module's layer: built once the supervisor is heard, released after the drain. */
+  services: Layer.Layer<never, E3, R3> = Layer.empty
 ) =>
   Effect.gen(function*() {
     // Listening starts before the worker does: a Stop or a disconnect during start-up is not lost.
@@ -132,6 +134,7 @@ export const run = <R, E2, R2>(
     const drained = counters.pipe(Effect.flatMap((totals) => sendWritten({ _tag: "Drained", counters: totals })))
     yield* supervised(slot, settings, stopped).pipe(
       Effect.provide(Worker.layerWithRuntime(registry, settings, runtime)),
+      Effect.provide(services),
       Effect.ensuring(drained)
     )
   }).pipe(Effect.scoped)

@@ -2,7 +2,7 @@
  * Task definitions: a name, a payload Schema, a handler and a failure policy, defined once and used
  * both to enqueue (encode) and to run (decode, execute, classify the outcome).
  */
-import { Cause, Effect, Exit, Formatter, Option, Result, Schema } from "effect"
+import { Cause, Effect, Exit, Formatter, Layer, Option, Result, Schema } from "effect"
 import type { SqlClient } from "effect/sql"
 import { resolve } from "node:path"
 import { pathToFileURL } from "node:url"
@@ -99,16 +99,44 @@ const classify = <E>(onFailure: (error: E) => FailureAction, error: E): Outcome 
   return { _tag: "Failed", action: "retry", error: ErrorText.safeLine(`${described} (${note}; retrying)`) }
 }
 
+const serviceNotFound = /^Service not found: (.+)$/
+
+/** The key of a service the effect asked for and nothing provided (Effect dies with "Service not found: key"). */
+export const missingService = (cause: Cause.Cause<unknown>): Option.Option<string> => {
+  for (const reason of cause.reasons) {
+    if (!Cause.isDieReason(reason)) continue
+    const { defect } = reason
+    // The message of a hostile defect may throw when read.
+    const message = Result.try(() => (defect instanceof Error ? defect.message : undefined))
+    const match = Result.isSuccess(message) && typeof message.success === "string" ? serviceNotFound.exec(message.success) : null
+    if (match !== null) return Option.some(match[1]!)
+  }
+  return Option.none()
+}
+
+/**
+ * A handler that needs a service nothing provides fails the same way on every attempt: its job is
+ * dead-lettered at once, with the service's name, instead of retried as a defect.
+ */
+const unprovided = (task: string, service: string): Outcome => ({
+  _tag: "Failed",
+  action: "dead-letter",
+  error: ErrorText.safeLine(
+    `task ${task} needs the service ${JSON.stringify(service)}, which nothing provides: export its Layer from the ` +
+      `task module as "layer" (Task.forWorker), or provide it to Worker.layer`
+  )
+})
+
 /** A handler's exit as an outcome; interruption alone propagates (the job is released, not failed). */
-const outcomeOf = <E>(onFailure: (error: E) => FailureAction, exit: Exit.Exit<unknown, E>): Effect.Effect<Outcome> => {
+const outcomeOf = <E>(task: string, onFailure: (error: E) => FailureAction, exit: Exit.Exit<unknown, E>): Effect.Effect<Outcome> => {
   if (Exit.isSuccess(exit)) return Effect.succeed({ _tag: "Succeeded", result: exit.value })
   if (Cause.hasInterruptsOnly(exit.cause)) return Effect.interrupt
   const failure = Cause.findErrorOption(exit.cause)
-  return Effect.succeed(
-    Option.isSome(failure)
-      ? classify(onFailure, failure.value)
-      : { _tag: "Failed", action: "retry", error: ErrorText.describeCause(exit.cause) }
-  )
+  if (Option.isSome(failure)) return Effect.succeed(classify(onFailure, failure.value))
+  return Effect.succeed(Option.match(missingService(exit.cause), {
+    onSome: (service) => unprovided(task, service),
+    onNone: (): Outcome => ({ _tag: "Failed", action: "retry", error: ErrorText.describeCause(exit.cause) })
+  }))
 }
 
 /** Define a task once: the same value enqueues typed payloads and runs them. */
@@ -150,7 +178,7 @@ export const define = <S extends Schema.Top & Schema.Codec<S["Type"], S["Encoded
           onSuccess: (decoded) =>
             Effect.suspend(() => options.handler(decoded, job)).pipe(
               Effect.exit,
-              Effect.flatMap((exit) => outcomeOf(onFailure, exit)),
+              Effect.flatMap((exit) => outcomeOf(options.name, onFailure, exit)),
               Effect.flatMap((outcome) => encodeResult(outcome))
             )
         }),
@@ -186,26 +214,73 @@ export const isRegistry = (value: unknown): value is TaskRegistry<unknown> =>
   typeof value === "object" && value !== null && "tasks" in value && value.tasks instanceof Map
 
 /**
- * Load the registry exported (as `default` or `tasks`) by the module `PGQ_TASKS` names; a path is
- * resolved against the working directory. Its handlers may use the worker's `SqlClient`.
+ * The exports of a PGQ_TASKS module whose handlers need services beyond the worker's SqlClient (a mailer, an
+ * HTTP client, a repository): `export const { tasks, layer } = Task.forWorker(Task.registry(sendEmail), MailerLive)`,
+ * or `export default Task.forWorker(...)`. It does not compile unless every service a handler needs comes from
+ * `layer` or is the SqlClient. `layer` may itself need the SqlClient: the worker builds it once at start-up, on
+ * its handlers' pool, and releases it after the drain.
  */
-export const loadRegistry = (specifier: string): Effect.Effect<TaskRegistry<SqlClient.SqlClient>, InvalidConfig> =>
+export const forWorker = <ROut, E, R extends ROut | SqlClient.SqlClient>(
+  tasks: TaskRegistry<R>,
+  layer: Layer.Layer<ROut, E, SqlClient.SqlClient>
+): { readonly tasks: TaskRegistry<R>; readonly layer: Layer.Layer<ROut, E, SqlClient.SqlClient> } => ({ tasks, layer })
+
+/** A PGQ_TASKS module as the worker runs it. */
+export interface TaskModule {
+  readonly specifier: string
+  /**
+   * Its handlers, run with the worker's SqlClient and what `layer` provides. Types cannot cross a dynamic
+   * import (`forWorker` checks them in the module); a service still missing fails its job with the service's name.
+   */
+  readonly registry: TaskRegistry<SqlClient.SqlClient>
+  /** The module's `layer` (empty when it exports none); a failure to build it names PGQ_TASKS. */
+  readonly layer: Layer.Layer<never, InvalidConfig, SqlClient.SqlClient>
+}
+
+const invalidModule = (reason: string) => new InvalidConfig({ variable: "PGQ_TASKS", reason })
+
+/** Why a module's layer could not be built, in one line. */
+const layerProblem = (specifier: string, cause: Cause.Cause<unknown>) =>
+  Option.match(missingService(cause), {
+    onSome: (service) =>
+      `the layer exported by ${specifier} needs the service ${JSON.stringify(service)}, which the worker does not ` +
+      `provide (it provides its SqlClient)`,
+    onNone: () => `the layer exported by ${specifier} failed to build: ${ErrorText.describeCause(cause)}`
+  })
+
+const moduleLayer = (specifier: string, layer: Layer.Layer<unknown, unknown, unknown>) =>
+  Layer.catchCause(layer as Layer.Layer<never, unknown, SqlClient.SqlClient>, (cause) =>
+    Layer.effectDiscard(
+      Cause.hasInterruptsOnly(cause) ? Effect.failCause(cause) : Effect.fail(invalidModule(layerProblem(specifier, cause)))
+    )) as Layer.Layer<never, InvalidConfig, SqlClient.SqlClient>
+
+const isExports = (value: unknown): value is Readonly<Record<string, unknown>> => typeof value === "object" && value !== null
+
+/**
+ * What the worker accepts from a module's exports: a registry as `default` or `tasks`, and optionally the Layer
+ * of its handlers' services as `layer` (or both as the `default` export of `forWorker`).
+ */
+export const fromExports = (specifier: string, exports: Readonly<Record<string, unknown>>): Effect.Effect<TaskModule, InvalidConfig> => {
+  const named = isExports(exports.default) && isRegistry(exports.default.tasks) ? exports.default : exports
+  const candidate = isRegistry(named.default) ? named.default : named.tasks
+  if (!isRegistry(candidate)) {
+    return Effect.fail(invalidModule(`${specifier} must export a task registry (Task.registry(...)) as default or as "tasks"`))
+  }
+  if (candidate.tasks.size === 0) return Effect.fail(invalidModule(`${specifier} registers no task`))
+  const layer = named.layer
+  if (layer !== undefined && !Layer.isLayer(layer)) {
+    return Effect.fail(invalidModule(`${specifier} exports "layer", which is not a Layer: export the Layer of the services its handlers need, or nothing`))
+  }
+  return Effect.succeed({
+    specifier,
+    registry: candidate as TaskRegistry<SqlClient.SqlClient>,
+    layer: layer === undefined ? Layer.empty : moduleLayer(specifier, layer)
+  })
+}
+
+/** Import the module `PGQ_TASKS` names (a path is resolved against the working directory) and check its exports. */
+export const loadModule = (specifier: string): Effect.Effect<TaskModule, InvalidConfig> =>
   Effect.tryPromise({
     try: () => import(/^\.{0,2}\//.test(specifier) ? pathToFileURL(resolve(specifier)).href : specifier),
-    catch: (error) => new InvalidConfig({ variable: "PGQ_TASKS", reason: `cannot import ${specifier}: ${String(error)}` })
-  }).pipe(
-    Effect.flatMap((module: Record<string, unknown>) => {
-      const candidate = module.default ?? module.tasks
-      if (!isRegistry(candidate)) {
-        return Effect.fail(new InvalidConfig({
-          variable: "PGQ_TASKS",
-          reason: `${specifier} must export a task registry (Task.registry(...)) as default or as "tasks"`
-        }))
-      }
-      if (candidate.tasks.size === 0) {
-        return Effect.fail(new InvalidConfig({ variable: "PGQ_TASKS", reason: `${specifier} registers no task` }))
-      }
-      // Handlers run inside the worker, which provides its SqlClient to them.
-      return Effect.succeed(candidate as TaskRegistry<SqlClient.SqlClient>)
-    })
-  )
+    catch: (error) => invalidModule(`cannot import ${specifier}: ${String(error)}`)
+  }).pipe(Effect.flatMap((exports: Record<string, unknown>) => fromExports(specifier, exports)))

@@ -11,7 +11,7 @@ import { databaseLayer, loggerLayer, runMain } from "../Main.ts"
 import { migrate } from "../Migrations.ts"
 import * as SupervisedWorker from "../SupervisedWorker.ts"
 import * as SupervisorNode from "../SupervisorNode.ts"
-import { loadRegistry } from "../Task.ts"
+import { loadModule } from "../Task.ts"
 import * as Worker from "../Worker.ts"
 
 const requireTasks = (settings: PgqSettings) =>
@@ -41,20 +41,21 @@ const runtimeDatabase = (settings: PgqSettings) => databaseLayer(settings, "pgq-
 
 const single = (settings: PgqSettings) =>
   Effect.gen(function*() {
-    const tasks = yield* loadRegistry(yield* requireTasks(settings))
+    const tasks = yield* loadModule(yield* requireTasks(settings))
     if (Option.isSome(settings.maxJobsPerProcess) || Option.isSome(settings.maxRssMb)) {
       yield* Effect.logWarning("PGQ_MAX_JOBS_PER_PROCESS and PGQ_MAX_RSS_MB recycle supervised processes only (PGQ_PROCESSES > 1); ignored")
     }
     yield* Effect.gen(function*() {
       if (settings.autoMigrate) yield* migrate(settings.schema)
-      yield* Worker.serve(tasks, settings, runtimeDatabase(settings))
+      // The module's layer is built after the migration, on the handlers' pool, and released after the drain.
+      yield* Worker.serve(tasks.registry, settings, runtimeDatabase(settings)).pipe(Effect.provide(tasks.layer))
     }).pipe(Effect.provide(handlersDatabase(settings)))
   })
 
 const child = (settings: PgqSettings, slot: number) =>
   Effect.gen(function*() {
-    const tasks = yield* loadRegistry(yield* requireTasks(settings))
-    yield* SupervisedWorker.run(tasks, settings, runtimeDatabase(settings), slot).pipe(
+    const tasks = yield* loadModule(yield* requireTasks(settings))
+    yield* SupervisedWorker.run(tasks.registry, settings, runtimeDatabase(settings), slot, tasks.layer).pipe(
       Effect.provide(handlersDatabase(settings))
     )
     yield* SupervisedWorker.exit
