@@ -52,7 +52,7 @@ export const ERROR_PREVIEW = 300
 export const PAYLOAD_SHOWN = 100_000
 
 export interface QueueRow extends QueueStats {
-  /** Registered workers (and supervisors) that consume the queue. */
+  /** Registered worker processes that consume the queue. */
   readonly consumers: number
 }
 
@@ -175,7 +175,7 @@ export const makeDashboard = Effect.fnUntraced(function*(options: DashboardOptio
 
   const consumers = sql<{ queue: string; n: number }>`
     SELECT q AS queue, count(*)::int AS n FROM ${processTable}, unnest(queues) AS q
-    WHERE kind <> 'reaper' GROUP BY q`
+    WHERE kind = 'worker' GROUP BY q`
 
   const fleetSummary = sql<{ kind: string; total: number; stale: number }>`
     SELECT kind, count(*)::int AS total,
@@ -462,12 +462,16 @@ export class Dashboard extends Context.Service<Dashboard, Effect.Success<ReturnT
     )
 
   /** The dashboard with what it reads through (Queue, Executions, Barrier, status store), as the settings say. */
-  static readonly fromSettings = (settings: PgqSettings, reaper?: ReaperView) =>
+  static readonly fromSettings = (
+    settings: PgqSettings,
+    extra: { readonly reaper?: ReaperView | undefined; readonly sampleSeconds?: number | undefined } = {}
+  ) =>
     Dashboard.layer({
       schema: settings.schema,
       stuckTimeoutSeconds: settings.stuckTimeoutSeconds,
       sqlStatusStore: Option.isNone(settings.statusUrl),
-      ...(reaper === undefined ? {} : { reaper })
+      ...(extra.reaper === undefined ? {} : { reaper: extra.reaper }),
+      ...(extra.sampleSeconds === undefined ? {} : { sampleSeconds: extra.sampleSeconds })
     }).pipe(
       Layer.provide(
         Executions.layer({ schema: settings.schema, stuckTimeoutSeconds: settings.stuckTimeoutSeconds }).pipe(

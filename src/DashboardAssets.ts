@@ -84,7 +84,7 @@ export const style = String.raw`
 * { box-sizing: border-box; }
 body { margin: 0; color: var(--fg); background: var(--bg); font-size: 14px; }
 header { display: flex; gap: 16px; align-items: baseline; padding: 10px 20px; background: #fff;
-  border-bottom: 1px solid var(--line); position: sticky; top: 0; z-index: 1; }
+  border-bottom: 1px solid var(--line); }
 h1 { font-size: 18px; margin: 0; }
 h2 { font-size: 15px; margin: 0 0 8px; display: flex; gap: 12px; align-items: baseline; }
 h3 { font-size: 13px; margin: 14px 0 6px; }

@@ -236,12 +236,18 @@ export const layer = (options: ServeOptions) =>
  */
 export const start = Effect.fnUntraced(function*(
   settings: PgqSettings,
-  where: { readonly port: number; readonly host: string; readonly reaper?: ReaperView }
+  where: {
+    readonly port: number
+    readonly host: string
+    readonly reaper?: ReaperView
+    /** Throughput sample period (default 10 s). */
+    readonly sampleSeconds?: number
+  }
 ) {
   const actionToken = settings.dashboardActions ? settings.dashboardToken : Option.none()
   const context = yield* Layer.build(
     layer({ port: where.port, host: where.host, actionToken }).pipe(
-      Layer.provide(Dashboard.fromSettings(settings, where.reaper))
+      Layer.provide(Dashboard.fromSettings(settings, { reaper: where.reaper, sampleSeconds: where.sampleSeconds }))
     )
   )
   return `${HttpServer.formatAddress(Context.get(context, HttpServer.HttpServer).address)}/`

@@ -139,7 +139,7 @@ layer(db, { excludeTestServices: true })("Dashboard API", (it) => {
       const queues = body.queues as ReadonlyArray<Record<string, unknown>>
       expect(queues.map((q) => ({ queue: q.queue, ready: q.ready, scheduled: q.scheduled, claimed: q.claimed, dead: q.deadLettered })))
         .toEqual(expected)
-      expect(queues.find((q) => q.queue === "alpha")).toMatchObject({ ready: 3, scheduled: 2, claimed: 2, consumers: 3 })
+      expect(queues.find((q) => q.queue === "alpha")).toMatchObject({ ready: 3, scheduled: 2, claimed: 2, consumers: 2 })
       expect(queues.find((q) => q.queue === "beta")).toMatchObject({ ready: 1, deadLettered: 25, consumers: 1 })
       expect(body.fleet).toEqual({ total: 5, stale: 1, byKind: { reaper: 1, supervisor: 1, worker: 3 } })
       expect(body.barriers).toEqual({ live: 2, stranded: 1, capped: false })

@@ -213,16 +213,27 @@ const dashboardCommand = Command.make(
   "dashboard",
   {
     port: Flag.Int("port").pipe(Flag.withDescription("Port (0: any free one); default PGQ_DASHBOARD_PORT or 8089"), Flag.optional),
-    host: Flag.String("host").pipe(Flag.withDescription("Address to bind; default PGQ_DASHBOARD_HOST or 127.0.0.1"), Flag.optional)
+    host: Flag.String("host").pipe(Flag.withDescription("Address to bind; default PGQ_DASHBOARD_HOST or 127.0.0.1"), Flag.optional),
+    sampleSeconds: Flag.Finite("sample-seconds").pipe(
+      Flag.withDescription("Throughput chart interval (the page keeps 60 of them)"),
+      Flag.withDefault(10)
+    )
   },
   (flags) =>
     Effect.gen(function*() {
       const s = yield* settings
       const port = Option.getOrElse(flags.port, () => Option.getOrElse(s.dashboardPort, () => 8089))
       if (port < 0 || port > 65535) return yield* new InvalidConfig({ variable: "--port", reason: `expected 0..65535, got ${port}` })
+      if (!(flags.sampleSeconds >= 0.1)) {
+        return yield* new InvalidConfig({ variable: "--sample-seconds", reason: `expected at least 0.1, got ${flags.sampleSeconds}` })
+      }
       const { start } = yield* Effect.promise(() => import("../DashboardServer.ts"))
       yield* Effect.gen(function*() {
-        const url = yield* start(s, { port, host: Option.getOrElse(flags.host, () => s.dashboardHost) })
+        const url = yield* start(s, {
+          port,
+          host: Option.getOrElse(flags.host, () => s.dashboardHost),
+          sampleSeconds: flags.sampleSeconds
+        })
         yield* Console.log(`dashboard: ${url} (${s.dashboardActions ? "actions on" : "read-only"}; Ctrl-C stops it)`)
         return yield* Effect.never
       }).pipe(Effect.scoped, Effect.provide(databaseLayer(s, "pgq-dashboard", 4)))
