@@ -5,38 +5,11 @@ import * as Metrics from "../src/Metrics.ts"
 import { ProcessRegistry } from "../src/ProcessRegistry.ts"
 import { Queue } from "../src/Queue.ts"
 import * as Task from "../src/Task.ts"
-import { pollSchedule, Worker, type WorkerOptions } from "../src/Worker.ts"
-import { TestSchema, testDb } from "./support.ts"
+import { pollSchedule, Worker } from "../src/Worker.ts"
+import { options, TestSchema, testDb, withWorker } from "./support.ts"
 
 class Flaky extends Schema.TaggedError<Flaky>()("Flaky", { attempt: Schema.Number }) {}
 class Fatal extends Schema.TaggedError<Fatal>()("Fatal", { why: Schema.String }) {}
-
-const options = (schema: string, queue: string, overrides: Partial<WorkerOptions> = {}): WorkerOptions => ({
-  schema,
-  queues: [queue],
-  concurrency: 4,
-  leaseSeconds: 30,
-  maxAttempts: 5,
-  pollIntervalMs: 10,
-  pollMaxMs: 50,
-  shutdownGraceSeconds: 5,
-  heartbeatSeconds: 1,
-  processStaleSeconds: 5,
-  ...overrides
-})
-
-/** Run a worker for the duration of `body`, in a scope of its own. */
-const withWorker = <R, A, E, R2>(
-  registry: Task.TaskRegistry<R>,
-  opts: (schema: string) => WorkerOptions,
-  body: Effect.Effect<A, E, R2>
-) =>
-  Effect.gen(function*() {
-    const { schema } = yield* TestSchema
-    return yield* body.pipe(
-      Effect.provide(Worker.layer(registry, opts(schema)).pipe(Layer.provide(ProcessRegistry.layer(schema))))
-    )
-  })
 
 const rows = (where: string) =>
   Effect.gen(function*() {

@@ -5,10 +5,9 @@
 import { expect, layer } from "@effect/vitest"
 import { Effect, Ref, Schedule } from "effect"
 import { SqlClient } from "effect/sql"
-import { chaosTables } from "../bench/chaos-tasks.ts"
 import { Barrier } from "../src/Barrier.ts"
 import * as ExecutionStatus from "../src/ExecutionStatus.ts"
-import { eventually, type Spawned, spawnNode } from "./processes.ts"
+import { eventually, recordingTasks, type Spawned, spawnNode } from "./processes.ts"
 import { TestSchema, testDb } from "./support.ts"
 
 const BATCHES = 200
@@ -18,17 +17,11 @@ layer(testDb("barrier_process", { maxConnections: 6 }), { excludeTestServices: t
     Effect.gen(function*() {
       const { schema, url } = yield* TestSchema
       const sql = yield* SqlClient.SqlClient
-      for (const statement of chaosTables(schema)) yield* sql.unsafe(statement)
-      const env = {
-        DATABASE_URL: url,
-        PGQ_SCHEMA: schema,
-        PGQ_TASKS: "./bench/chaos-tasks.ts",
+      const env = yield* recordingTasks(schema, url, {
         PGQ_CONCURRENCY: "5",
-        PGQ_HEARTBEAT_SECONDS: "0.5",
-        PGQ_PROCESS_STALE_SECONDS: "2",
         PGQ_POLL_INTERVAL_MS: "20",
         PGQ_POLL_MAX_MS: "200"
-      }
+      })
       const workers = yield* Ref.make<ReadonlyArray<Spawned>>([
         yield* spawnNode("worker.js", env),
         yield* spawnNode("worker.js", env)

@@ -11,8 +11,7 @@ import { SqlClient } from "effect/sql"
 import * as Database from "../src/Database.ts"
 import { migrate } from "../src/Migrations.ts"
 import { Queue } from "../src/Queue.ts"
-import { chaosTables } from "../bench/chaos-tasks.ts"
-import { eventually, spawnNode } from "./processes.ts"
+import { eventually, recordingTasks, spawnNode } from "./processes.ts"
 import { databaseUrl } from "./support.ts"
 
 const SCHEMA = "pgq_outage"
@@ -38,18 +37,17 @@ layer(admin, { excludeTestServices: true })("database outages", (it) => {
       yield* Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient
         yield* migrate(SCHEMA)
-        for (const statement of chaosTables(SCHEMA)) yield* sql.unsafe(statement)
-        const env = {
-          DATABASE_URL: url,
-          PGQ_SCHEMA: SCHEMA,
-          PGQ_TASKS: "./bench/chaos-tasks.ts",
+        // The default heartbeat and stale timeout: the outages are short, nobody is pruned.
+        const env = yield* recordingTasks(SCHEMA, url, {
+          PGQ_HEARTBEAT_SECONDS: "2",
+          PGQ_PROCESS_STALE_SECONDS: "10",
           PGQ_CONCURRENCY: "5",
           PGQ_VT_SECONDS: "5",
           PGQ_POLL_INTERVAL_MS: "20",
           PGQ_POLL_MAX_MS: "200",
           PGQ_LEASE_SECONDS: "2",
           PGQ_REAPER_INTERVAL_SECONDS: "0.5"
-        }
+        })
         const workers = [yield* spawnNode("worker.js", env), yield* spawnNode("worker.js", env)]
         const reaper = yield* spawnNode("reaper.js", env)
         const queue = yield* Queue

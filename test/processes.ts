@@ -3,8 +3,10 @@
  * the test's scope closes, plus small helpers to await their exit and query their HTTP endpoints.
  */
 import { Deferred, Effect, Schedule } from "effect"
+import { SqlClient } from "effect/sql"
 import { type ChildProcess, spawn } from "node:child_process"
 import { createServer } from "node:net"
+import { chaosTables } from "../bench/chaos-tasks.ts"
 
 export interface Spawned {
   readonly child: ChildProcess
@@ -67,3 +69,22 @@ export const eventually = <A, E, R>(check: Effect.Effect<A, E, R>, until: (a: A)
     Effect.repeat({ schedule: Schedule.spaced("50 millis"), until: (a) => a._tag === "Some" && until(a.value) }),
     Effect.map((a) => (a._tag === "Some" ? a.value : undefined as never))
   )
+
+/**
+ * Processes that run the recording tasks of bench/chaos-tasks.ts (every run lands in `<schema>.chaos_run`):
+ * creates the side tables in `schema` and returns the environment for dist/worker.js or dist/reaper.js, with a
+ * short heartbeat (0.5 s) and stale timeout (2 s) so rescues happen within a test.
+ */
+export const recordingTasks = (schema: string, url: string, extra: Readonly<Record<string, string>> = {}) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    for (const statement of chaosTables(schema)) yield* sql.unsafe(statement)
+    return {
+      DATABASE_URL: url,
+      PGQ_SCHEMA: schema,
+      PGQ_TASKS: "./bench/chaos-tasks.ts",
+      PGQ_HEARTBEAT_SECONDS: "0.5",
+      PGQ_PROCESS_STALE_SECONDS: "2",
+      ...extra
+    }
+  })

@@ -7,9 +7,8 @@
 import { expect, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import { SqlClient } from "effect/sql"
-import { chaosTables } from "../bench/chaos-tasks.ts"
 import { Queue } from "../src/Queue.ts"
-import { eventually, spawnNode } from "./processes.ts"
+import { eventually, recordingTasks, spawnNode } from "./processes.ts"
 import { TestSchema, testDb } from "./support.ts"
 
 layer(testDb("stall_process"), { excludeTestServices: true })("a stalled worker", (it) => {
@@ -17,17 +16,11 @@ layer(testDb("stall_process"), { excludeTestServices: true })("a stalled worker"
     Effect.gen(function*() {
       const { schema, url } = yield* TestSchema
       const sql = yield* SqlClient.SqlClient
-      for (const statement of chaosTables(schema)) yield* sql.unsafe(statement)
-      const env = {
-        DATABASE_URL: url,
-        PGQ_SCHEMA: schema,
-        PGQ_TASKS: "./bench/chaos-tasks.ts",
+      const env = yield* recordingTasks(schema, url, {
         PGQ_QUEUES: "stall",
-        PGQ_HEARTBEAT_SECONDS: "0.5",
-        PGQ_PROCESS_STALE_SECONDS: "2",
         PGQ_LEASE_SECONDS: "2",
         PGQ_REAPER_INTERVAL_SECONDS: "0.5"
-      }
+      })
       const worker = yield* spawnNode("worker.js", env)
       yield* spawnNode("reaper.js", env)
       const id = yield* Queue.use((q) => q.enqueue("chaos.job", { i: 0, ms: 6000 }, { queue: "stall" }))

@@ -10,7 +10,10 @@ import * as Database from "../src/Database.ts"
 import * as ExecutionStatus from "../src/ExecutionStatus.ts"
 import { makeLeaderLease } from "../src/LeaderLease.ts"
 import { migrate } from "../src/Migrations.ts"
+import { ProcessRegistry } from "../src/ProcessRegistry.ts"
 import { Queue } from "../src/Queue.ts"
+import type * as Task from "../src/Task.ts"
+import { Worker, type WorkerOptions } from "../src/Worker.ts"
 
 export class TestSchema extends Context.Service<TestSchema, { readonly schema: string; readonly url: string }>()(
   "test/TestSchema"
@@ -81,3 +84,31 @@ export const leaseFixture = Effect.gen(function*() {
         WHERE name = ${name}`
   return { schema, sql, leases, table, age }
 })
+
+/** Worker options for tests: fast polls, short heartbeats, a 30 s lease. */
+export const options = (schema: string, queue: string, overrides: Partial<WorkerOptions> = {}): WorkerOptions => ({
+  schema,
+  queues: [queue],
+  concurrency: 4,
+  leaseSeconds: 30,
+  maxAttempts: 5,
+  pollIntervalMs: 10,
+  pollMaxMs: 50,
+  shutdownGraceSeconds: 5,
+  heartbeatSeconds: 1,
+  processStaleSeconds: 5,
+  ...overrides
+})
+
+/** Run a worker for the duration of `body`, in a scope of its own. */
+export const withWorker = <R, A, E, R2>(
+  registry: Task.TaskRegistry<R>,
+  opts: (schema: string) => WorkerOptions,
+  body: Effect.Effect<A, E, R2>
+) =>
+  Effect.gen(function*() {
+    const { schema } = yield* TestSchema
+    return yield* body.pipe(
+      Effect.provide(Worker.layer(registry, opts(schema)).pipe(Layer.provide(ProcessRegistry.layer(schema))))
+    )
+  })
