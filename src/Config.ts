@@ -91,8 +91,11 @@ interface Field<A> {
   readonly expected: string
   /** The variable's text as a value of the setting's type; undefined when it is not even that. */
   readonly read: (text: string) => A | undefined
-  /** Why a value breaks the rule; undefined when it is valid. */
-  readonly problem: (value: A) => string | undefined
+  /**
+   * Why a value breaks the rule; undefined when it is valid. `got` shows a value as the operator wrote it
+   * (the variable's text, quoted, for a value from the environment).
+   */
+  readonly problem: (value: A, got: (value: unknown) => string) => string | undefined
   /** Never echoed in a message. */
   readonly secret?: boolean
 }
@@ -108,7 +111,7 @@ const field = <A>(
   variable,
   expected,
   read,
-  problem: (value) => (valid(value) ? undefined : `expected ${expected}, got ${show(value)}`)
+  problem: (value, got) => (valid(value) ? undefined : `expected ${expected}, got ${got(value)}`)
 })
 
 const numberOf = (text: string): number | undefined => {
@@ -145,12 +148,12 @@ const optional = <A>(inner: Field<A>): Field<Option.Option<A>> => ({
     const value = inner.read(t)
     return value === undefined ? undefined : Option.some(value)
   },
-  problem: (value) => {
+  problem: (value, got) => {
     if (!Option.isOption(value)) {
-      const got = inner.secret === true ? "" : `, got ${show(value)}`
-      return `expected Option.some(${inner.expected}) or Option.none()${got}`
+      const shown = inner.secret === true ? "" : `, got ${show(value)}`
+      return `expected Option.some(${inner.expected}) or Option.none()${shown}`
     }
-    return Option.isNone(value) ? undefined : inner.problem(value.value)
+    return Option.isNone(value) ? undefined : inner.problem(value.value, got)
   }
 })
 
@@ -167,8 +170,8 @@ const queueList: Field<ReadonlyArray<string>> = {
   variable: "PGQ_QUEUES",
   expected: "a comma-separated list of queue names",
   read: (t) => [...new Set(t.split(",").map((q) => q.trim()).filter((q) => q !== ""))],
-  problem: (queues) => {
-    if (!Array.isArray(queues)) return `expected a list of queue names, got ${show(queues)}`
+  problem: (queues, got) => {
+    if (!Array.isArray(queues)) return `expected a list of queue names, got ${got(queues)}`
     const bad = queues.find((q: unknown) => typeof q !== "string" || !isQueueName(q))
     if (bad !== undefined) return `queue name ${show(bad)} ${queueNameRule}`
     return queues.length === 0 ? "lists no queue" : undefined
@@ -319,17 +322,24 @@ const readVariable = <K extends keyof PgqSettings>(env: Env, key: K): Effect.Eff
   })
 }
 
-/** The settings the environment sets, typed. */
-const fromEnv = (env: Env): Effect.Effect<Partial<PgqSettings>, InvalidConfig> =>
+/** The settings the environment sets, typed, and the text of each variable that set one. */
+const fromEnv = (env: Env) =>
   Effect.forEach(keys, (key) => readVariable(env, key).pipe(Effect.map(Option.map((value) => [key, value] as const)))).pipe(
-    Effect.map((entries) => Object.fromEntries(Arr.getSomes(entries)) as Partial<PgqSettings>)
+    Effect.map((entries) => {
+      const set = Arr.getSomes(entries)
+      return {
+        given: Object.fromEntries(set) as Partial<PgqSettings>,
+        texts: new Map(set.map(([key]) => [key, Option.getOrElse(raw(env, fields[key].variable), () => "")]))
+      }
+    })
   )
 
 /** A setting in a message: its variable, and its field too when the value came from code. */
 const namer = (fromCode: ReadonlySet<string>) => (key: keyof PgqSettings) =>
   fromCode.has(key) ? `${key} (${fields[key].variable})` : fields[key].variable
 
-const problemOf = <K extends keyof PgqSettings>(settings: PgqSettings, key: K) => fields[key].problem(settings[key])
+const problemOf = <K extends keyof PgqSettings>(settings: PgqSettings, key: K, text: string | undefined) =>
+  fields[key].problem(settings[key], (value) => (text === undefined ? show(value) : JSON.stringify(text)))
 
 const ensure = (condition: boolean, variable: string, reason: string) =>
   condition ? Effect.void : Effect.fail(new InvalidConfig({ variable, reason }))
@@ -338,10 +348,14 @@ const ensure = (condition: boolean, variable: string, reason: string) =>
 export const MAX_PROCESSES = 64
 
 /** Every field by its rule, then the rules between fields, then the normalisations (de-duplicated queues, clamped processes). */
-const validate = Effect.fnUntraced(function*(settings: PgqSettings, fromCode: ReadonlySet<string>) {
+const validate = Effect.fnUntraced(function*(
+  settings: PgqSettings,
+  fromCode: ReadonlySet<string>,
+  texts: ReadonlyMap<keyof PgqSettings, string>
+) {
   const name = namer(fromCode)
   for (const key of keys) {
-    const problem = problemOf(settings, key)
+    const problem = problemOf(settings, key, fromCode.has(key) ? undefined : texts.get(key))
     if (problem !== undefined) return yield* Effect.fail(new InvalidConfig({ variable: name(key), reason: problem }))
   }
   const { pollIntervalMs, leaseSeconds, heartbeatSeconds, processes } = settings
@@ -391,8 +405,9 @@ export const settingsFrom = Effect.fnUntraced(function*(env: Env, overrides: Par
     return yield* Effect.fail(new InvalidConfig({ variable: unknown, reason: "is not a setting (see PgqSettings)" }))
   }
   const given = Object.fromEntries(Object.entries(overrides).filter(([, value]) => value !== undefined)) as Partial<PgqSettings>
-  const settings = withDefaults({ ...(yield* fromEnv(env)), ...given })
-  return yield* validate(settings, new Set(Object.keys(given)))
+  const fromEnvironment = yield* fromEnv(env)
+  const settings = withDefaults({ ...fromEnvironment.given, ...given })
+  return yield* validate(settings, new Set(Object.keys(given)), fromEnvironment.texts)
 })
 
 /** Parse and validate the whole configuration from an environment record. */

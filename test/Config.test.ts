@@ -139,6 +139,15 @@ describe("Config", () => {
       expect(fromEnv._tag === "Success" && fromEnv.success).toEqual(result.success)
     })
 
+    it("a message shows the value as it was written: the variable's text quoted, a value from code as is", () => {
+      const fromEnv = parse({ PGQ_CONCURRENCY: "0" })
+      expect(fromEnv._tag === "Failure" && fromEnv.failure.message).toBe('PGQ_CONCURRENCY: expected a positive integer, got "0"')
+      const fromCode = inCode({ concurrency: 0 })
+      expect(fromCode._tag === "Failure" && fromCode.failure.message).toBe(
+        "concurrency (PGQ_CONCURRENCY): expected a positive integer, got 0"
+      )
+    })
+
     it("a field left undefined takes its default", () => {
       const result = inCode({ concurrency: undefined } as unknown as Partial<PgqSettings>)
       expect(result._tag === "Success" && result.success.concurrency).toBe(10)
