@@ -9,7 +9,7 @@
  * database-wide notify lock through that transaction's WAL flush and serialize concurrent enqueuers.
  */
 import * as PgClient from "@effect/sql-pg/PgClient"
-import { Duration, Effect, Option, Queue as Q, Schedule } from "effect"
+import { Duration, Effect, Option, Queue as Q, Ref, Schedule } from "effect"
 import { SqlClient } from "effect/sql"
 
 /** Announcements arriving within this long after a NOTIFY share the next one. */
@@ -51,12 +51,13 @@ export const makeAnnouncer = Effect.fnUntraced(function*(schema: string) {
 /**
  * Worker side: LISTEN on the schema's channel and signal `wake` when one of `queues` got jobs. Needs a
  * `PgClient` in context (absent: does nothing). Re-listens every 2 s after a lost connection. Runs until
- * interrupted.
+ * interrupted. `listening` is true exactly while the LISTEN session is up.
  */
 export const listen = (options: {
   readonly schema: string
   readonly queues: ReadonlyArray<string>
   readonly wake: Effect.Effect<void>
+  readonly listening?: Ref.Ref<boolean>
 }) =>
   Effect.serviceOption(PgClient.PgClient).pipe(
     Effect.flatMap(Option.match({
@@ -64,6 +65,8 @@ export const listen = (options: {
       onSome: (pg) =>
         Effect.scoped(Effect.gen(function*() {
           const notifications = yield* pg.listen(channel(options.schema))
+          const { listening } = options
+          if (listening !== undefined) yield* Effect.acquireRelease(Ref.set(listening, true), () => Ref.set(listening, false))
           yield* Effect.logDebug(`listening for wake-ups on ${channel(options.schema)}`)
           return yield* Q.take(notifications).pipe(
             Effect.flatMap((n) => options.queues.includes(n.payload) ? options.wake : Effect.void),

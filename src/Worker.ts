@@ -68,6 +68,8 @@ export interface WorkerStatus {
   /** Poll cycles so far (a full worker still polls, waiting at most `pollMaxMs` for a slot). */
   readonly polls: number
   readonly processed: number
+  /** The LISTEN session for wake-ups is up (false with LISTEN off, and between a lost session and its re-listen). */
+  readonly listening: boolean
 }
 
 /**
@@ -111,6 +113,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
   const polls = yield* Ref.make(0)
   const slotFreed = yield* Q.sliding<void>(1)
   const wakeups = yield* Q.sliding<void>(1)
+  const listening = yield* Ref.make(false)
   const jobs = yield* FiberSet.make<void>()
   /** Batch completions under way: the job's slot is already free, the statement still to come. */
   const completions = yield* FiberSet.make<void>()
@@ -215,7 +218,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
   if (options.listen === true) {
     // Not a child of the scope: stopping it sends UNLISTEN, which a database that swallows every packet never
     // answers, and shutdown must not wait for that (bounded here, abandoned after the statement timeout).
-    const listener = yield* Wakeup.listen({ schema: options.schema, queues: options.queues, wake: Q.offer(wakeups, undefined) })
+    const listener = yield* Wakeup.listen({ schema: options.schema, queues: options.queues, wake: Q.offer(wakeups, undefined), listening })
       .pipe(Effect.forkDetach)
     yield* Effect.addFinalizer(() => Fiber.interrupt(listener).pipe(Effect.timeout(statementTimeout), Effect.ignore))
   }
@@ -285,7 +288,8 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
       prefetched: held.size() - started,
       secondsSinceLastPoll: (now - (yield* Ref.get(lastPollAt))) / 1000,
       polls: yield* Ref.get(polls),
-      processed: yield* acker.processed
+      processed: yield* acker.processed,
+      listening: yield* Ref.get(listening)
     }
   })
 
@@ -389,7 +393,13 @@ export const serve = <R, E2, R2>(
           liveness: worker.status.pipe(
             Effect.map((s) => ({
               ageSeconds: s.secondsSinceLastPoll,
-              extra: { process_id: s.processId, in_flight: s.inFlight, prefetched: s.prefetched, processed: s.processed }
+              extra: {
+                process_id: s.processId,
+                in_flight: s.inFlight,
+                prefetched: s.prefetched,
+                processed: s.processed,
+                listening: s.listening
+              }
             }))
           )
         }))
