@@ -1,5 +1,11 @@
-/** effect-pg-queue: what a host app imports. */
+/**
+ * effect-pg-queue: what a host app imports. An Effect host composes `Config` (settings from the environment or
+ * code, one validation), `Main` (the database layer from settings, the logger layer), `Queue`, `Worker`, `Task`;
+ * any other Node host uses the Promise facade, `startWorker` and `createClient` (`Client`).
+ */
 export * as Barrier from "./Barrier.ts"
+export * as Client from "./Client.ts"
+export { createClient, startWorker } from "./Client.ts"
 export * as Config from "./Config.ts"
 export * as Database from "./Database.ts"
 export * as Embedded from "./Embedded.ts"
@@ -11,6 +17,7 @@ export * as Health from "./Health.ts"
 export * as Json from "./Json.ts"
 export * as LeaderLease from "./LeaderLease.ts"
 export * as Leadership from "./Leadership.ts"
+export * as Main from "./Main.ts"
 export * as Metrics from "./Metrics.ts"
 export * as Migrations from "./Migrations.ts"
 export * as Names from "./Names.ts"

@@ -161,7 +161,7 @@ export const worker = Worker.Worker.layer(registry, options).pipe(Layer.provide(
 `
 
 describe("a missing service is a compile error in the host", () => {
-  it("Task.forWorker and Worker.layer", { timeout: 60_000 }, () => {
+  it("Task.forWorker, Worker.layer and startWorker", { timeout: 60_000 }, () => {
     const errors = typeErrors({
       "__prelude.ts": prelude,
       "__module_ok.ts": `import { MailerLive, registry } from "./__prelude.ts"; import * as Task from "../src/Task.ts"
@@ -171,12 +171,18 @@ describe("a missing service is a compile error in the host", () => {
       "__host_ok.ts": `import { Layer } from "effect"; import { launch, MailerLive, sql, worker } from "./__prelude.ts"
         launch(worker.pipe(Layer.provide(MailerLive), Layer.provide(sql)))`,
       "__host_missing.ts": `import { launch, worker } from "./__prelude.ts"
-        launch(worker)`
+        launch(worker)`,
+      "__facade_ok.ts": `import { MailerLive, registry } from "./__prelude.ts"; import { startWorker } from "../src/Client.ts"
+        export const w = startWorker({ databaseUrl: "postgres://h/db", tasks: registry, layer: MailerLive })`,
+      "__facade_missing.ts": `import { registry } from "./__prelude.ts"; import { startWorker } from "../src/Client.ts"
+        export const w = startWorker({ databaseUrl: "postgres://h/db", tasks: registry })`
     })
     expect(errors["__prelude.ts"]).toEqual([])
     expect(errors["__module_ok.ts"]).toEqual([])
     expect(errors["__module_missing.ts"]!.join("\n")).toContain("Mailer")
     expect(errors["__host_ok.ts"]).toEqual([])
     expect(errors["__host_missing.ts"]!.join("\n")).toContain("Mailer")
+    expect(errors["__facade_ok.ts"]).toEqual([])
+    expect(errors["__facade_missing.ts"]!.join("\n")).toContain("Mailer")
   })
 })
