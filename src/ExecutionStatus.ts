@@ -26,9 +26,8 @@
  *   per-request timeout, and retries with exponential backoff for transient failures (5xx, 408, 429,
  *   timeouts, transport errors). Writes are retried too: a PUT of a status is idempotent by the contract.
  */
-import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { Cause, Context, Duration, Effect, Layer, Option, Redacted, Schedule, Schema } from "effect"
-import { HttpClient, type HttpClientError, HttpClientRequest, type HttpClientResponse } from "effect/http"
+import type { HttpClientError, HttpClientRequest, HttpClientResponse } from "effect/http"
 import { SqlClient } from "effect/sql"
 import { type PgqSettings, statusUrlProblem } from "./Config.ts"
 import { describeFailure, safeLine } from "./ErrorText.ts"
@@ -243,18 +242,20 @@ export const makeHttpStore = Effect.fnUntraced(function*(options: HttpOptions, u
   if (!Number.isInteger(retries) || retries < 0) {
     return yield* new InvalidConfig({ variable: "retries", reason: `must be an integer >= 0, got ${retries}` })
   }
-  const client = yield* HttpClient.HttpClient
+  // Imported here: a process on the SQL store (the default) never loads the HTTP client stack.
+  const http = yield* Effect.promise(() => import("effect/http"))
+  const client = yield* http.HttpClient.HttpClient
   const base = options.url.replace(/\/+$/, "")
   const token = options.token
   const authorize = (request: HttpClientRequest.HttpClientRequest) =>
-    token === undefined ? request : HttpClientRequest.bearerToken(request, token)
+    token === undefined ? request : http.HttpClientRequest.bearerToken(request, token)
 
   /** One request with its timeout, retried while transient; the last reason says how many tries it took. */
   const send = <A>(
     request: HttpClientRequest.HttpClientRequest,
     onOk: (status: number) => (text: string) => Effect.Effect<A, AttemptFailure>
   ): Effect.Effect<A | typeof gone, string> =>
-    client.execute(authorize(HttpClientRequest.acceptJson(request))).pipe(
+    client.execute(authorize(http.HttpClientRequest.acceptJson(request))).pipe(
       Effect.mapError(transportReason),
       Effect.flatMap((response) => classify(response, onOk(response.status))),
       Effect.timeout(timeout),
@@ -276,8 +277,8 @@ export const makeHttpStore = Effect.fnUntraced(function*(options: HttpOptions, u
   const read = Effect.fn("ExecutionStatus.read")(function*(executionId: string, orgId: string) {
     const segment = pathSegment(executionId)
     if (Option.isNone(segment)) return yield* new StatusReadFailed({ executionId, reason: badId(executionId) })
-    const request = HttpClientRequest.get(`${base}/executions/${segment.value}`).pipe(
-      HttpClientRequest.setUrlParam("org_id", orgId)
+    const request = http.HttpClientRequest.get(`${base}/executions/${segment.value}`).pipe(
+      http.HttpClientRequest.setUrlParam("org_id", orgId)
     )
     const result = yield* send(request, (status) => (text) =>
       decodeBody(ReadBody, status)(text).pipe(
@@ -293,8 +294,8 @@ export const makeHttpStore = Effect.fnUntraced(function*(options: HttpOptions, u
       if (Option.isNone(segment)) {
         return yield* new StatusWriteFailed({ executionId, status, reason: badId(executionId) })
       }
-      const request = HttpClientRequest.put(`${base}/executions/${segment.value}/status`).pipe(
-        HttpClientRequest.bodyJsonUnsafe({ org_id: orgId, status, error_message: errorMessage ?? null })
+      const request = http.HttpClientRequest.put(`${base}/executions/${segment.value}/status`).pipe(
+        http.HttpClientRequest.bodyJsonUnsafe({ org_id: orgId, status, error_message: errorMessage ?? null })
       )
       return yield* send(request, (code) => (text) =>
         decodeBody(MarkBody, code)(text).pipe(Effect.map((body) => marked(body.status)))).pipe(
@@ -321,7 +322,9 @@ export class ExecutionStatus extends Context.Service<ExecutionStatus, ExecutionS
 
   /** The host's system over HTTP, on its own Undici client (closed with the layer). */
   static readonly layerHttp = (options: HttpOptions, urlVariable = "url") =>
-    ExecutionStatus.layerHttpClient(options, urlVariable).pipe(Layer.provide(NodeHttpClient.layerUndici))
+    ExecutionStatus.layerHttpClient(options, urlVariable).pipe(Layer.provide(Layer.unwrap(
+      Effect.promise(() => import("@effect/platform-node/NodeHttpClient")).pipe(Effect.map((client) => client.layerUndici))
+    )))
 
   /**
    * PGQ_STATUS_URL set: the HTTP adapter (PGQ_STATUS_TOKEN, PGQ_STATUS_TIMEOUT_MS); unset: the SQL store on

@@ -9,7 +9,7 @@ import { access } from "node:fs/promises"
 import type { PgqSettings } from "./Config.ts"
 import { ForkFailed } from "./Errors.ts"
 import type { ChildExit } from "./Fleet.ts"
-import * as Health from "./Health.ts"
+import type * as Health from "./Health.ts"
 import { ProcessRegistry } from "./ProcessRegistry.ts"
 import { exitIfShutdownHangs } from "./Shutdown.ts"
 import { ChildMessage, type ForkedChild, Launcher, Stop, Supervisor } from "./Supervisor.ts"
@@ -159,7 +159,12 @@ export const serve = (settings: PgqSettings, entry: string) => {
     })
     yield* Option.match(settings.healthPort, {
       onNone: () => Effect.void,
-      onSome: (port) => Layer.build(Health.layer(port, fleetCheck(settings, supervisor)))
+      // Imported on demand, as in Worker.serve: the HTTP server stack is a large share of start-up.
+      onSome: (port) =>
+        Effect.flatMap(
+          Effect.promise(() => import("./Health.ts")),
+          (Health) => Layer.build(Health.layer(port, fleetCheck(settings, supervisor)))
+        )
     })
     // Children are SIGKILLed at the shared deadline; past that only the supervisor's own statements remain.
     yield* exitIfShutdownHangs(shutdownDeadlineSeconds(settings), "pgq-worker")

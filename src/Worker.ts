@@ -14,7 +14,6 @@ import type { SqlClient } from "effect/sql"
 import type { PgqSettings } from "./Config.ts"
 import { Barrier } from "./Barrier.ts"
 import * as ExecutionStatus from "./ExecutionStatus.ts"
-import * as Health from "./Health.ts"
 import { exitIfShutdownHangs } from "./Shutdown.ts"
 import * as Metrics from "./Metrics.ts"
 import { ProcessRegistry } from "./ProcessRegistry.ts"
@@ -385,8 +384,9 @@ export const serve = <R, E2, R2>(
     )
     yield* Option.match(settings.healthPort, {
       onNone: () => Effect.void,
+      // Imported on demand: the HTTP server stack is a large share of a worker's start-up time and memory.
       onSome: (port) =>
-        Layer.build(Health.layer(port, {
+        Effect.flatMap(Effect.promise(() => import("./Health.ts")), (Health) => Layer.build(Health.layer(port, {
           check: "pgq_worker_poll",
           ageKey: "seconds_since_last_poll",
           staleAfterSeconds: settings.healthStaleSeconds,
@@ -402,7 +402,7 @@ export const serve = <R, E2, R2>(
               }
             }))
           )
-        }))
+        })))
     })
     // In the same scope as the worker and added last, so it is armed first when shutdown begins.
     yield* exitIfShutdownHangs(shutdownDeadlineSeconds(settings), "pgq-worker")
