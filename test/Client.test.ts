@@ -45,6 +45,7 @@ describe("startWorker / createClient", () => {
     expect((await worker.status()).processId).toBe(worker.processId)
     await worker.stop()
     await worker.stop() // idempotent
+    expect(await worker.send(greet, { name: "late" }).catch((e: unknown) => e)).toBeInstanceOf(Client.Closed)
     expect(await client.pending(["promises"])).toEqual([
       { queue: "promises", ready: 0, scheduled: 0, claimed: 0, pending: 0, capped: false }
     ])
