@@ -30,12 +30,13 @@ const dashboard = (settings: PgqSettings) =>
     onNone: () => Effect.void,
     onSome: (port) =>
       Reaper.Reaper.use((reaper) =>
-        Effect.promise(() => import("../DashboardServer.ts")).pipe(
-          Effect.flatMap(({ start }) => start(settings, { port, host: settings.dashboardHost, reaper })),
-          Effect.tap((url) =>
-            Effect.logInfo(`dashboard on ${url} (${settings.dashboardActions ? "actions on, with the token" : "read-only"})`)
-          )
-        )
+        Effect.gen(function*() {
+          const { start } = yield* Effect.promise(() => import("../DashboardServer.ts"))
+          // A pool of its own: a slow count on a large table must never hold up the leader's renewals.
+          const pool = yield* Layer.build(databaseLayer(settings, "pgq-reaper-dashboard", 2))
+          const url = yield* start(settings, { port, host: settings.dashboardHost, reaper }).pipe(Effect.provide(pool))
+          yield* Effect.logInfo(`dashboard on ${url} (${settings.dashboardActions ? "actions on, with the token" : "read-only"})`)
+        })
       )
   })
 
