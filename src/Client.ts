@@ -17,7 +17,7 @@ import { Effect, Layer, ManagedRuntime, Option, Redacted, References, Schema } f
 import type { SqlClient } from "effect/sql"
 import { type PgqSettings, settingsFrom } from "./Config.ts"
 import { InvalidConfig } from "./Errors.ts"
-import { databaseLayer, loggerLayer } from "./Main.ts"
+import { databaseLayer, loggerLayer, workerDatabases } from "./Main.ts"
 import { migrate } from "./Migrations.ts"
 import { type EnqueueOptions, type JobSpec, Queue } from "./Queue.ts"
 import type { PendingCount, PendingOptions, QueueStats } from "./QueueStats.ts"
@@ -148,9 +148,6 @@ const logging = (settings: PgqSettings) =>
 const migrated = (settings: PgqSettings) =>
   settings.autoMigrate ? Layer.effectDiscard(migrate(settings.schema)) : Layer.empty
 
-/** The pools of dist/worker.js: the handlers' (one connection per slot, the LISTEN session, one spare) and its own. */
-export const handlerPoolSize = (settings: Pick<PgqSettings, "concurrency">) => Math.min(50, settings.concurrency + 2)
-export const RUNTIME_POOL_SIZE = 5
 
 const workerLayer = <R, ROut, E>(
   settings: PgqSettings,
@@ -158,12 +155,12 @@ const workerLayer = <R, ROut, E>(
   services: Layer.Layer<ROut, E, SqlClient.SqlClient>
 ) =>
   Layer.mergeAll(
-    Worker.layerWithRuntime(registry, settings, databaseLayer(settings, "pgq-worker-runtime", RUNTIME_POOL_SIZE)),
+    Worker.layerWithRuntime(registry, settings, workerDatabases(settings).runtime),
     Queue.fromSettings(settings)
   ).pipe(
     Layer.provide(services),
     Layer.provide(migrated(settings)),
-    Layer.provide(databaseLayer(settings, "pgq-worker", handlerPoolSize(settings))),
+    Layer.provide(workerDatabases(settings).handlers),
     Layer.provide(logging(settings))
     // startWorker's signature has checked that `services` and the SqlClient cover the handlers' requirements.
   ) as Layer.Layer<Worker.Worker | Queue, unknown>

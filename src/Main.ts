@@ -36,6 +36,15 @@ export const databaseLayer = (settings: PgqSettings, applicationName: string, ma
     )
   )
 
+/**
+ * The two pools of a worker: the handlers' (one connection per slot, the LISTEN session, one spare), and a
+ * small one of the worker's own statements, so handler queries never delay a renewal, an ack or a heartbeat.
+ */
+export const workerDatabases = (settings: PgqSettings) => ({
+  handlers: databaseLayer(settings, "pgq-worker", Math.min(50, settings.concurrency + 2)),
+  runtime: databaseLayer(settings, "pgq-worker-runtime", 5)
+})
+
 /** Our own errors (Errors.ts): each message names the culprit, so it is the whole report. */
 const isOurs = (error: unknown): error is Error =>
   Object.values(Errors).some((ErrorClass) => typeof ErrorClass === "function" && error instanceof ErrorClass)

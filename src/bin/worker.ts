@@ -7,7 +7,7 @@ import { Effect, Option } from "effect"
 import { fileURLToPath } from "node:url"
 import { parseSettings, type PgqSettings } from "../Config.ts"
 import { InvalidConfig } from "../Errors.ts"
-import { databaseLayer, loggerLayer, runMain } from "../Main.ts"
+import { databaseLayer, loggerLayer, runMain, workerDatabases } from "../Main.ts"
 import { migrate } from "../Migrations.ts"
 import * as SupervisedWorker from "../SupervisedWorker.ts"
 import * as SupervisorNode from "../SupervisorNode.ts"
@@ -33,11 +33,8 @@ const supervisedSlot = (): Effect.Effect<Option.Option<number>, InvalidConfig> =
     }))
 }
 
-// Two pools: the handlers' (one connection per slot, plus the LISTEN session), and a small one of the
-// worker's own statements, so handler queries never delay a renewal, an ack or a heartbeat.
-const handlersDatabase = (settings: PgqSettings) =>
-  databaseLayer(settings, "pgq-worker", Math.min(50, settings.concurrency + 2))
-const runtimeDatabase = (settings: PgqSettings) => databaseLayer(settings, "pgq-worker-runtime", 5)
+const handlersDatabase = (settings: PgqSettings) => workerDatabases(settings).handlers
+const runtimeDatabase = (settings: PgqSettings) => workerDatabases(settings).runtime
 
 const single = (settings: PgqSettings) =>
   Effect.gen(function*() {
