@@ -247,8 +247,9 @@ export const fmt = (x: number) =>
     ? Math.round(x).toLocaleString("en-US")
     : x.toFixed(Math.abs(x) >= 10 ? 1 : 2)
 
-/** The commit measured, and whether the code under test had uncommitted changes. */
+/** The commit measured, and whether the code under test had uncommitted changes (BENCH_COMMIT names an exported tree). */
 export const gitState = () => {
+  if (process.env.BENCH_COMMIT !== undefined) return { commit: process.env.BENCH_COMMIT, dirty: false }
   const git = (...args: ReadonlyArray<string>) => execFileSync("git", args, { cwd: root, encoding: "utf8" }).trim()
   try {
     return { commit: git("rev-parse", "--short", "HEAD"), dirty: git("status", "--porcelain", "--", "src", "schema.sql") !== "" }
