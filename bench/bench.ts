@@ -43,6 +43,7 @@ import {
   now,
   percentile,
   pollUntil,
+  postgresDelta,
   processCpu,
   range,
   resolveTarget,
@@ -282,7 +283,7 @@ const timedDrain = <E, R>(
       exitCodes: exits.map((e) => e.code),
       cpu: {
         workers: workerCpu,
-        postgres: cpu1.postgres - cpu0.postgres,
+        postgres: postgresDelta(cpu0, cpu1),
         bench: cpu1.bench - cpu0.bench,
         machineBusy: cpu1.machine.busy - cpu0.machine.busy,
         machineBusyPercent: (100 * (cpu1.machine.busy - cpu0.machine.busy)) / (cpu1.machine.total - cpu0.machine.total)

@@ -45,6 +45,7 @@ import {
   now,
   percentile,
   pollUntil,
+  postgresDelta,
   processCpu,
   type ProcessSpec,
   range,
@@ -354,7 +355,7 @@ const drain = (rt: Runtime, processes: number) =>
       waiting,
       cpu: {
         workers: workerCpu,
-        postgres: cpu1.postgres - cpu0.postgres,
+        postgres: postgresDelta(cpu0, cpu1),
         machineBusyPercent: (100 * (cpu1.machine.busy - cpu0.machine.busy)) / (cpu1.machine.total - cpu0.machine.total)
       }
     }
@@ -510,7 +511,8 @@ const row = (
   better: "higher" | "lower",
   values: Record<string, Summary>,
   runtimes: ReadonlyArray<Runtime>,
-  target = true
+  target = true,
+  notes: Record<string, string> = {}
 ): RowResult => {
   const peers = runtimes.filter((rt) => !rt.ours && values[rt.id] !== undefined)
   const score = (x: number) => (better === "higher" ? x : -x)
@@ -532,7 +534,8 @@ const row = (
     target,
     values,
     bestPeer: best?.id ?? null,
-    ratios: Object.fromEntries(runtimes.filter((rt) => rt.ours).map((rt) => [rt.id, ratio(rt.id)]))
+    ratios: Object.fromEntries(runtimes.filter((rt) => rt.ours).map((rt) => [rt.id, ratio(rt.id)])),
+    notes
   }
 }
 
@@ -613,7 +616,13 @@ const body = (target: Target, runtimes: ReadonlyArray<Runtime>) =>
           "jobs/s",
           "higher",
           summaries(results, (r) => r.jobsPerSecond),
-          runtimes
+          runtimes,
+          true,
+          Object.fromEntries(
+            [...results].filter(([, runs]) => runs.some((r) => r.partial)).map((
+              [id, runs]
+            ) => [id, `stopped at ${DRAIN_LIMIT_SECONDS} s, ${Math.min(...runs.map((r) => r.done))}–${Math.max(...runs.map((r) => r.done))} done`])
+          )
         ))
         if (processes === FLEETS[0]) {
           rows.push(row(

@@ -84,15 +84,25 @@ export const processCpu = (pid: number) => {
     return { comm: "", seconds: 0 }
   }
 }
-export const postgresCpu = () =>
-  existsSync("/proc")
-    ? readdirSync("/proc").filter((d) => /^\d+$/.test(d)).map((d) => processCpu(Number(d)))
-      .filter((p) => p.comm === "postgres").reduce((a, p) => a + p.seconds, 0)
-    : 0
+/** CPU seconds of every local `postgres` process, by pid. */
+export const postgresCpu = (): ReadonlyMap<number, number> =>
+  new Map(
+    existsSync("/proc")
+      ? readdirSync("/proc").filter((d) => /^\d+$/.test(d)).map((d) => [Number(d), processCpu(Number(d))] as const)
+        .filter(([, p]) => p.comm === "postgres").map(([pid, p]) => [pid, p.seconds] as const)
+      : []
+  )
+
+/**
+ * Postgres CPU seconds between two snapshots, per process present at the end (a backend that exited meanwhile
+ * takes its seconds with it: a lower bound, never negative).
+ */
+export const postgresDelta = (before: CpuSnapshot, after: CpuSnapshot) =>
+  [...after.postgres].reduce((a, [pid, seconds]) => a + seconds - (before.postgres.get(pid) ?? 0), 0)
 
 export interface CpuSnapshot {
   readonly machine: { readonly busy: number; readonly total: number }
-  readonly postgres: number
+  readonly postgres: ReadonlyMap<number, number>
   readonly bench: number
 }
 export const cpuSnapshot = Effect.sync((): CpuSnapshot => {
