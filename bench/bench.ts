@@ -12,6 +12,9 @@
  *                       then 1 × 10 workers from spawn until every execution is COMPLETED -> batches/s,
  *                       next to a plain drain of 20,000 no-op jobs in the same run     -> ratio fan-in / plain
  *
+ * `--peers` runs bench/compare.ts instead: the same kind of scenarios for effect-pg-queue, pg-boss and graphile-worker
+ * in one run, reported as ratios.
+ *
  * Scenarios 1-4 and 6 run BENCH_RUNS (3) times each, on a fresh `pgq_bench` schema per run; the table shows
  * the median with min..max. Results go to bench/results/<timestamp>.json and bench/results/latest.json.
  *
