@@ -20,7 +20,8 @@
  * Every run: fresh schemas (the runtime's own and the `pgq_bench_rec` record tables), ANALYZE after bulk loads, a
  * CHECKPOINT before the timed part. Runs are interleaved (run 1 of every profile, then run 2, …) and each row
  * shows the median of BENCH_RUNS (3). Results: bench/results/peers-<timestamp>.json and peers-latest.json;
- * `--readme` also rewrites the table in README.md (bench/readme-table.ts does that from a saved JSON).
+ * `--readme` also rewrites the table in README.md and keeps the result as bench/peers/last-run.json
+ * (bench/readme-table.ts does the same from a saved JSON).
  *
  * BENCH_ONLY=single,bulk,drain,latency,rescue picks scenarios; BENCH_PROFILES=ours,ours-recommended,pg-boss,
  * pg-boss-best,graphile-worker,graphile-worker-best picks profiles; BENCH_FLEETS=1x10,2x10 the drain fleets;
@@ -117,6 +118,7 @@ interface Runtime {
   readonly analyze: Effect.Effect<void, unknown, Needs>
   readonly gateTables: ReadonlyArray<string>
   readonly worker: (task: BenchTask, concurrency: number) => Effect.Effect<ProcessSpec>
+  readonly drop: Effect.Effect<void, unknown, Needs>
 }
 
 const oursTask: Record<BenchTask, string> = { noop: "noop", latency: "bench.latency", long: "bench.long" }
@@ -149,6 +151,7 @@ const oursRuntime = (url: string, profile: "defaults" | "recommended"): Runtime 
       }),
     analyze: SqlClient.SqlClient.use((sql) => sql.unsafe(`ANALYZE "${OURS_SCHEMA}".message`)).pipe(Effect.asVoid),
     gateTables: [`"${OURS_SCHEMA}".message`],
+    drop: SqlClient.SqlClient.use((sql) => sql.unsafe(`DROP SCHEMA IF EXISTS "${OURS_SCHEMA}" CASCADE`)).pipe(Effect.asVoid),
     worker: (_task, concurrency) =>
       Effect.map(freePort, (healthPort) => ({
         args: ["dist/worker.js"],
@@ -184,7 +187,8 @@ const peerRuntime = (module: PeerModule, profile: string, client: PeerClient): R
     pending: (task) => call(() => client.pending(task)),
     analyze: call(client.analyze),
     gateTables: client.gateTables(),
-    worker: (task, concurrency) => Effect.succeed(client.worker(task, concurrency))
+    worker: (task, concurrency) => Effect.succeed(client.worker(task, concurrency)),
+    drop: call(client.drop)
   }
 }
 
@@ -673,6 +677,7 @@ const body = (target: Target, runtimes: ReadonlyArray<Runtime>) =>
     }
 
     yield* sql.unsafe(`DROP SCHEMA IF EXISTS "${RECORD}" CASCADE`)
+    yield* Effect.forEach(runtimes, (rt) => rt.drop, { discard: true })
     const table = renderText(rows, runtimes)
     yield* Console.log(`\nratio = ours ÷ best peer profile, oriented so that > 1 means effect-pg-queue is ahead\n${table}\n`)
     const result: ComparisonResult = {

@@ -1,9 +1,9 @@
 /**
  * The result of `npm run bench -- --peers` (bench/compare.ts) and the README table generated from it.
  * The table sits in README.md between `<!-- bench:peers:start -->` and `<!-- bench:peers:end -->`;
- * `node bench/readme-table.ts [results.json]` rewrites it from a saved result (default
- * bench/results/peers-latest.json) and keeps that result as bench/peers/last-run.json (committed with the table);
- * `npm run bench -- --peers --readme` does both after the run.
+ * `node bench/readme-table.ts [results.json]` rewrites it from a saved result (default bench/peers/last-run.json) and
+ * keeps that result as bench/peers/last-run.json (committed with the table); `npm run bench -- --peers --readme` does
+ * both after the run.
  */
 import { readFileSync, writeFileSync } from "node:fs"
 import type { Summary } from "./support.ts"

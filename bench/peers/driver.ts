@@ -43,6 +43,8 @@ export interface PeerClient {
   /** The tables the drain's start gate locks (schema-qualified), so no worker claims before the clock starts. */
   readonly gateTables: () => ReadonlyArray<string>
   readonly worker: (task: BenchTask, concurrency: number) => WorkerCommand
+  /** Drop the peer's schema (the end of the run). */
+  readonly drop: () => Promise<void>
   readonly close: () => Promise<void>
 }
 

@@ -81,6 +81,10 @@ export const make = async ({ profile, recordSchema, schema, url }) => {
         BENCH_OPTIONS: JSON.stringify(settingsOf(profile, concurrency))
       }
     }),
+    drop: async () => {
+      await release()
+      await query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`)
+    },
     close: async () => {
       await release()
       await admin.end()

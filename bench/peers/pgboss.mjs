@@ -98,6 +98,10 @@ export const make = async ({ profile, recordSchema, schema, url }) => {
         }
       }
     },
+    drop: async () => {
+      await stopBoss()
+      await query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`)
+    },
     close: async () => {
       await stopBoss()
       await admin.end()
