@@ -30,7 +30,6 @@ import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Console, Duration, Effect, Layer, Redacted } from "effect"
 import { SqlClient } from "effect/sql"
 import { mkdirSync, writeFileSync } from "node:fs"
-import { cpus } from "node:os"
 import { join } from "node:path"
 import { Barrier, type BatchSpec } from "../src/Barrier.ts"
 import * as Database from "../src/Database.ts"
@@ -40,9 +39,9 @@ import { type Attempt, type JobSpec, Queue } from "../src/Queue.ts"
 import { comparePeers } from "./compare.ts"
 import {
   cpuSnapshot,
+  environmentOf,
   fmt,
   freePort,
-  gitState,
   now,
   percentile,
   pollUntil,
@@ -644,17 +643,7 @@ const program = Effect.gen(function*() {
     const result = {
       startedAt: startedAt.toISOString(),
       finishedAt: new Date().toISOString(),
-      environment: {
-        ...gitState(),
-        node: process.version,
-        cpus: cpus().length,
-        cpuModel: cpus()[0]?.model ?? "unknown",
-        database: target.source,
-        postgres: info!.version,
-        synchronousCommit: info!.synchronous_commit,
-        fsync: info!.fsync,
-        sharedBuffers: info!.shared_buffers
-      },
+      environment: environmentOf(target.source, info!),
       parameters: {
         runs: RUNS,
         singleJobs: SINGLE_JOBS,

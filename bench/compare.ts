@@ -31,7 +31,6 @@ import { Console, Deferred, Duration, Effect, Fiber, Layer, Redacted, Schedule }
 import { SqlClient } from "effect/sql"
 import { execFileSync } from "node:child_process"
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
-import { cpus } from "node:os"
 import { join } from "node:path"
 import * as Database from "../src/Database.ts"
 import { migrate } from "../src/Migrations.ts"
@@ -40,6 +39,7 @@ import { type BenchTask, isPeerModule, type PeerClient, type PeerModule } from "
 import { type ComparisonResult, rewriteReadme, type RowResult, type RuntimeInfo, toJson } from "./ratios.ts"
 import {
   cpuSnapshot,
+  environmentOf,
   fmt,
   freePort,
   gitState,
@@ -684,17 +684,7 @@ const body = (target: Target, runtimes: ReadonlyArray<Runtime>) =>
       mode: "peers",
       startedAt: "",
       finishedAt: new Date().toISOString(),
-      environment: {
-        ...gitState(),
-        node: process.version,
-        cpus: cpus().length,
-        cpuModel: cpus()[0]?.model ?? "unknown",
-        database: target.source,
-        postgres: info!.version,
-        synchronousCommit: info!.synchronous_commit,
-        fsync: info!.fsync,
-        sharedBuffers: info!.shared_buffers
-      },
+      environment: environmentOf(target.source, info!),
       parameters: {
         runs: RUNS,
         singleJobs: SINGLE_JOBS,

@@ -6,6 +6,7 @@ import { Console, Deferred, Duration, Effect, Exit, Layer, Redacted, Schedule } 
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { existsSync, readdirSync, readFileSync } from "node:fs"
 import { connect, createServer } from "node:net"
+import { cpus } from "node:os"
 import * as Database from "../src/Database.ts"
 import * as Embedded from "../src/Embedded.ts"
 
@@ -258,6 +259,22 @@ export const fmt = (x: number) =>
     : x.toFixed(Math.abs(x) >= 10 ? 1 : 2)
 
 /** The commit measured, and whether the code under test had uncommitted changes (BENCH_COMMIT names an exported tree). */
+/** Where a run ran: the commit, Node, the CPUs, and the server with the settings that move the figures. */
+export const environmentOf = (
+  database: string,
+  info: { version: string; synchronous_commit: string; fsync: string; shared_buffers: string }
+) => ({
+  ...gitState(),
+  node: process.version,
+  cpus: cpus().length,
+  cpuModel: cpus()[0]?.model ?? "unknown",
+  database,
+  postgres: info.version,
+  synchronousCommit: info.synchronous_commit,
+  fsync: info.fsync,
+  sharedBuffers: info.shared_buffers
+})
+
 export const gitState = () => {
   if (process.env.BENCH_COMMIT !== undefined) return { commit: process.env.BENCH_COMMIT, dirty: false }
   const git = (...args: ReadonlyArray<string>) => execFileSync("git", args, { cwd: root, encoding: "utf8" }).trim()
