@@ -128,7 +128,11 @@ CREATE TABLE IF NOT EXISTS pgq.process (
   heartbeat_at  timestamptz NOT NULL DEFAULT now(),
   -- The process's own cadence: a pruner judges it by these, never by its own settings.
   heartbeat_seconds float8 NOT NULL DEFAULT 2,
-  stale_seconds     float8 NOT NULL DEFAULT 10
+  stale_seconds     float8 NOT NULL DEFAULT 10,
+  -- The server session its heartbeats run on: when it is gone (the process died and the kernel closed its
+  -- socket), the process is pruned after two missed heartbeats instead of its stale timeout.
+  session_pid       integer,
+  session_start     timestamptz
 );
 CREATE INDEX IF NOT EXISTS process_heartbeat_idx ON pgq.process (heartbeat_at);
 
@@ -144,4 +148,6 @@ CREATE TABLE IF NOT EXISTS pgq.schema_version (
 ALTER TABLE pgq.message ADD COLUMN IF NOT EXISTS claim_token uuid;
 ALTER TABLE pgq.process ADD COLUMN IF NOT EXISTS heartbeat_seconds float8 NOT NULL DEFAULT 2;
 ALTER TABLE pgq.process ADD COLUMN IF NOT EXISTS stale_seconds float8 NOT NULL DEFAULT 10;
+ALTER TABLE pgq.process ADD COLUMN IF NOT EXISTS session_pid integer;
+ALTER TABLE pgq.process ADD COLUMN IF NOT EXISTS session_start timestamptz;
 ALTER TABLE pgq.barrier_batch ADD COLUMN IF NOT EXISTS result jsonb;

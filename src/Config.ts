@@ -286,7 +286,7 @@ const withDefaults = (given: Partial<PgqSettings>): PgqSettings => ({
   reaperIntervalSeconds: 5,
   barrierTtlSeconds: 21600,
   stuckTimeoutSeconds: 9000,
-  heartbeatSeconds: 2,
+  heartbeatSeconds: 1,
   processStaleSeconds: 10,
   statementTimeoutMs: 10_000,
   unknownTaskGraceSeconds: 3600,

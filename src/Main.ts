@@ -38,11 +38,12 @@ export const databaseLayer = (settings: PgqSettings, applicationName: string, ma
 
 /**
  * The two pools of a worker: the handlers' (one connection per slot, the LISTEN session, one spare), and a
- * small one of the worker's own statements, so handler queries never delay a renewal, an ack or a heartbeat.
+ * small one of the worker's own statements, so handler queries never delay a renewal, an ack or a heartbeat
+ * (six: one of them is held by the heartbeat, whose session witnesses that the process lives).
  */
 export const workerDatabases = (settings: PgqSettings) => ({
   handlers: databaseLayer(settings, "pgq-worker", Math.min(50, settings.concurrency + 2)),
-  runtime: databaseLayer(settings, "pgq-worker-runtime", 5)
+  runtime: databaseLayer(settings, "pgq-worker-runtime", 6)
 })
 
 /** Our own errors (Errors.ts): each message names the culprit, so it is the whole report. */

@@ -22,7 +22,7 @@ import { InvalidConfig, MigrationFailed } from "./Errors.ts"
 import { identifierProblem } from "./Names.ts"
 
 /** The version of schema.sql. Bump it with every change of schema.sql (a test pins the two together). */
-export const schemaVersion = 4
+export const schemaVersion = 5
 
 export interface MigrateOptions {
   /** How long one attempt's DDL may wait for a table lock (default 500 ms): writers queue behind it that long. */

@@ -6,9 +6,17 @@
  * Staleness belongs to the process: its row records its own heartbeat period and stale timeout, and a
  * pruner judges it by those, never by its own settings (a worker with a 15 s heartbeat beside a reaper
  * with a 2 s one is not pruned every tick).
+ *
+ * A silent process is either stalled (a long GC pause, a blocked event loop, SIGSTOP) or dead, and only the
+ * stale timeout tells them apart, unless the database can: heartbeats run on a connection of their own
+ * whose server session (pid, start time) the row records. When the process dies the kernel closes its
+ * socket and the session ends; a stalled process keeps it. A row whose session is gone is pruned after two
+ * missed heartbeats instead of the stale timeout (rescue in seconds after a SIGKILL, an OOM kill or a
+ * crash), and a stall is still judged by the stale timeout alone. Not behind PgBouncer's transaction
+ * pooling, where a client has no session of its own.
  */
-import { Clock, Context, Duration, Effect, Layer, Ref, Schedule, Semaphore } from "effect"
-import { SqlClient, type Statement } from "effect/sql"
+import { Clock, Context, Duration, Effect, Exit, Layer, Option, Ref, Schedule, Scope, Semaphore } from "effect"
+import { SqlClient, type SqlConnection, type SqlError, type Statement } from "effect/sql"
 import { hostname } from "node:os"
 import { workerId } from "./LeaderLease.ts"
 import { MAINTENANCE_BATCH } from "./Queue.ts"
@@ -48,28 +56,75 @@ export interface Registered {
  */
 let registrations = 0
 
-export const makeProcessRegistry = Effect.fnUntraced(function*(schema: string) {
+/**
+ * Statements on one reserved connection, the witness of our life: on a failure the connection is dropped
+ * and the statement runs once more on a fresh one (a terminated session must not keep the witness dead
+ * until the next heartbeat). Closed with the enclosing scope.
+ */
+const makeWitness = Effect.fnUntraced(function*(sql: SqlClient.SqlClient) {
+  let held: Option.Option<readonly [SqlConnection.Connection, Scope.Closeable]> = Option.none()
+  const drop = Effect.suspend(() => {
+    const current = held
+    held = Option.none()
+    return Option.match(current, { onNone: () => Effect.void, onSome: ([, scope]) => Scope.close(scope, Exit.void) })
+  })
+  const connection = Effect.suspend(() =>
+    Option.match(held, {
+      onSome: ([connection]) => Effect.succeed(connection),
+      onNone: () =>
+        Effect.gen(function*() {
+          const scope = yield* Scope.make()
+          const connection = yield* sql.reserve.pipe(Scope.provide(scope), Effect.onError(() => Scope.close(scope, Exit.void)))
+          held = Option.some([connection, scope] as const)
+          return connection
+        })
+    })
+  )
+  yield* Effect.addFinalizer(() => drop)
+  const once = <A extends object>(statement: Statement.Statement<A>) =>
+    Effect.flatMap(connection, (c) => {
+      const [text, params] = statement.compile()
+      return c.execute(text, params, undefined) as Effect.Effect<ReadonlyArray<A>, SqlError.SqlError>
+    }).pipe(Effect.tapError(() => drop))
+  return <A extends object>(statement: Statement.Statement<A>) => once(statement).pipe(Effect.catch(() => once(statement)))
+})
+
+export interface RegistryOptions {
+  /** Heartbeat on a session of its own, recorded in the row (default true; off behind PgBouncer). */
+  readonly sessionWitness?: boolean
+}
+
+export const makeProcessRegistry = Effect.fnUntraced(function*(schema: string, options: RegistryOptions = {}) {
   const sql = yield* SqlClient.SqlClient
   const table = sql(`${schema}.process`)
   const message = sql(`${schema}.message`)
+  const witnessed = options.sessionWitness ?? true
+  const session = witnessed
+    ? sql`pg_backend_pid(), (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())`
+    : sql`NULL::integer, NULL::timestamptz`
 
   const upsert = (processId: string, registration: Registration) =>
     sql`
-      INSERT INTO ${table} (process_id, kind, host, pid, queues, heartbeat_seconds, stale_seconds)
-      VALUES (${processId}, ${registration.kind}, ${hostname()}, ${process.pid}, ${registration.queues ?? []}::text[],
-              ${registration.every}, ${registration.staleSeconds})
-      ON CONFLICT (process_id) DO UPDATE SET heartbeat_at = now()`
+      INSERT INTO ${table} (process_id, kind, host, pid, queues, heartbeat_seconds, stale_seconds, session_pid, session_start)
+      SELECT ${processId}, ${registration.kind}, ${hostname()}, ${process.pid}, ${registration.queues ?? []}::text[],
+             ${registration.every}, ${registration.staleSeconds}, ${session}
+      ON CONFLICT (process_id) DO UPDATE
+        SET heartbeat_at = now(), session_pid = EXCLUDED.session_pid, session_start = EXCLUDED.session_start`
 
   /** Register for the life of the enclosing scope, heartbeating in the background. */
   const register = Effect.fnUntraced(function*(registration: Registration) {
     const processId = registration.processId ?? `${workerId()}/${registration.kind}-${++registrations}`
     const recovery = yield* Semaphore.make(1)
-    yield* Effect.acquireRelease(upsert(processId, registration), () =>
+    const run = witnessed ? yield* makeWitness(sql) : <A extends object>(statement: Statement.Statement<A>) => statement
+    yield* Effect.acquireRelease(run(upsert(processId, registration)), () =>
       sql`DELETE FROM ${table} WHERE process_id = ${processId}`.pipe(Effect.timeout("10 seconds"), Effect.ignore))
     const confirmedAt = yield* Ref.make(yield* Clock.currentTimeMillis)
     const beat = Effect.gen(function*() {
       const sentAt = yield* Clock.currentTimeMillis
-      const rows = yield* sql`UPDATE ${table} SET heartbeat_at = now() WHERE process_id = ${processId} RETURNING 1`
+      const rows = yield* run(sql`
+        UPDATE ${table} AS p SET heartbeat_at = now(), session_pid = s.pid, session_start = s.started
+        FROM (SELECT ${session}) AS s (pid, started)
+        WHERE p.process_id = ${processId} RETURNING 1`)
       if (rows.length > 0) yield* Ref.set(confirmedAt, sentAt)
       return rows.length > 0
     })
@@ -83,7 +138,7 @@ export const makeProcessRegistry = Effect.fnUntraced(function*(schema: string) {
               .pipe(
                 Effect.andThen(registration.onPruned ?? Effect.void),
                 Effect.andThen(Clock.currentTimeMillis),
-                Effect.tap(() => upsert(processId, registration)),
+                Effect.tap(() => run(upsert(processId, registration))),
                 Effect.flatMap((sentAt) => Ref.set(confirmedAt, sentAt))
               )
         ),
@@ -101,16 +156,23 @@ export const makeProcessRegistry = Effect.fnUntraced(function*(schema: string) {
   })
 
   /**
-   * Delete up to `limit` processes silent for longer than their own stale timeout and make the jobs they
-   * held ready again, in one statement. A process that heartbeats concurrently is skipped (SKIP LOCKED).
+   * Delete up to `limit` dead processes and make the jobs they held ready again, in one statement: silent
+   * for longer than their own stale timeout, or for two heartbeats with their witness session gone (a
+   * session older than the server's start is no evidence: every session ends when the server restarts). A
+   * process that heartbeats concurrently is skipped (SKIP LOCKED).
    */
   const pruneStale = Effect.fn("ProcessRegistry.pruneStale")(function*(
     options: { readonly fence?: Statement.Fragment; readonly limit?: number } = {}
   ) {
-    const [row] = yield* sql<{ pruned: number; released: number }>`
+    const [row] = yield* sql<{ pruned: number; released: number; queues: ReadonlyArray<string> }>`
       WITH stale AS (
         SELECT process_id FROM ${table}
-        WHERE heartbeat_at < now() - stale_seconds * interval '1 second' AND ${options.fence ?? sql`TRUE`}
+        WHERE (heartbeat_at < now() - stale_seconds * interval '1 second'
+               OR (heartbeat_at < now() - 2 * heartbeat_seconds * interval '1 second'
+                   AND session_start > pg_postmaster_start_time()
+                   AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a
+                                   WHERE a.pid = session_pid AND coalesce(a.backend_start = session_start, true))))
+          AND ${options.fence ?? sql`TRUE`}
         ORDER BY heartbeat_at LIMIT ${options.limit ?? 100}
         FOR UPDATE SKIP LOCKED
       ), dead AS (
@@ -124,10 +186,11 @@ export const makeProcessRegistry = Effect.fnUntraced(function*(schema: string) {
       ), released AS (
         UPDATE ${message} AS m SET state = 'ready', vt = NULL, claimed_by = NULL, claim_token = NULL
         FROM held WHERE m.msg_id = held.msg_id
-        RETURNING m.msg_id
+        RETURNING m.queue
       )
-      SELECT (SELECT count(*) FROM dead)::int AS pruned, (SELECT count(*) FROM released)::int AS released`
-    return { pruned: row!.pruned, released: row!.released }
+      SELECT (SELECT count(*) FROM dead)::int AS pruned, (SELECT count(*) FROM released)::int AS released,
+             (SELECT coalesce(array_agg(DISTINCT queue), '{}') FROM released) AS queues`
+    return { pruned: row!.pruned, released: row!.released, queues: row!.queues }
   })
 
   const list = sql<{ process_id: string; kind: string; heartbeat_age: number }>`
@@ -141,5 +204,6 @@ export class ProcessRegistry extends Context.Service<
   ProcessRegistry,
   Effect.Success<ReturnType<typeof makeProcessRegistry>>
 >()("effect-pg-queue/ProcessRegistry") {
-  static readonly layer = (schema: string) => Layer.effect(ProcessRegistry, makeProcessRegistry(schema))
+  static readonly layer = (schema: string, options?: RegistryOptions) =>
+    Layer.effect(ProcessRegistry, makeProcessRegistry(schema, options))
 }

@@ -182,10 +182,18 @@ export const makeQueue = Effect.fnUntraced(function*(defaults: QueueDefaults) {
     })
   })
 
+  /**
+   * Tell listening workers that jobs of `queues` became ready outside an enqueue (freed from a dead
+   * process, promoted, re-armed), so idle ones claim them now instead of at their next poll.
+   */
+  const announceReady = (queues: ReadonlyArray<string>): Effect.Effect<void> =>
+    announce === undefined || queues.length === 0 ? Effect.void : announce(queues)
+
   return {
     enqueue,
     enqueueMany,
     send,
+    announceReady,
     ...makeAttempts(statements),
     ...makeQueueMaintenance(statements),
     ...makeDeadLetters(statements),

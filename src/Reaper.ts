@@ -58,8 +58,13 @@ export interface ReaperOptions {
   readonly executionRetentionSeconds?: number
   /** How often the leader refreshes the queue and barrier gauges. Default 15 s. */
   readonly gaugeEverySeconds?: number
-  /** Announce healed callbacks to LISTENing workers (PGQ_NOTIFY). Default false: they are found by polling. */
+  /**
+   * Announce healed callbacks and jobs freed from dead processes to LISTENing workers (PGQ_NOTIFY). Default
+   * false: they are found by polling.
+   */
   readonly notify?: boolean
+  /** Behind PgBouncer's transaction pooling (PGQ_PGBOUNCER): no witness session for the heartbeat. */
+  readonly pgbouncer?: boolean
   /** The execution-status store `layerFromOptions` provides: HTTP when `statusUrl` is set, else the SQL store. */
   readonly status?: Pick<PgqSettings, "statusUrl" | "statusToken" | "statusTimeoutMs">
 }
@@ -185,9 +190,13 @@ export const makeTick = Effect.fnUntraced(function*(options: ReaperOptions) {
     const prune = yield* processes.pruneStale(scope).pipe(
       Effect.map((r) => ({ ...r, failed: [] as ReadonlyArray<string> })),
       Effect.catchCause((cause) =>
-        failed("prune stale processes")(cause).pipe(Effect.as({ pruned: 0, released: 0, failed: ["prune stale processes"] }))
+        failed("prune stale processes")(cause).pipe(
+          Effect.as({ pruned: 0, released: 0, queues: [], failed: ["prune stale processes"] })
+        )
       )
     )
+    // Idle workers claim the freed jobs now rather than at their next poll.
+    yield* queue.announceReady(prune.queues)
     // After redelivery: a slow status service must not delay the jobs above.
     const recovered = yield* recovery.run(term).pipe(
       Effect.map((r) => ({ ...r, failures: [] as ReadonlyArray<string> })),
@@ -318,6 +327,7 @@ export const optionsFromSettings = (settings: PgqSettings): ReaperOptions => ({
   // The execution table is ours only with the SQL status store.
   ...(Option.isNone(settings.statusUrl) ? { executionRetentionSeconds: settings.executionRetentionDays * 86_400 } : {}),
   notify: settings.notify,
+  pgbouncer: settings.pgbouncer,
   status: { statusUrl: settings.statusUrl, statusToken: settings.statusToken, statusTimeoutMs: settings.statusTimeoutMs }
 })
 
@@ -338,7 +348,7 @@ export const layerFromOptions = (options: ReaperOptions) =>
       ProcessRegistry.use((registry) =>
         registry.register({ kind: "reaper", every: options.heartbeatSeconds, staleSeconds: options.processStaleSeconds })
       )
-    ).pipe(Layer.provideMerge(ProcessRegistry.layer(options.schema)))),
+    ).pipe(Layer.provideMerge(ProcessRegistry.layer(options.schema, { sessionWitness: options.pgbouncer !== true })))),
     Layer.provide(statusLayer(options)),
     // The reaper enqueues only the callbacks it heals.
     Layer.provide(Queue.layer({

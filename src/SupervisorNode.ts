@@ -169,5 +169,5 @@ export const serve = (settings: PgqSettings, entry: string) => {
     // Children are SIGKILLed at the shared deadline; past that only the supervisor's own statements remain.
     yield* exitIfShutdownHangs(shutdownDeadlineSeconds(settings), "pgq-worker")
     return yield* Effect.never
-  }).pipe(Effect.scoped, Effect.provide(Layer.merge(fleet, ProcessRegistry.layer(settings.schema))))
+  }).pipe(Effect.scoped, Effect.provide(Layer.merge(fleet, ProcessRegistry.layer(settings.schema, { sessionWitness: !settings.pgbouncer }))))
 }

@@ -301,21 +301,22 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
 /**
  * The reaper's redelivery work for our own queues, on its own schedule (not only when idle: a busy worker
  * must not leave due retries waiting behind its backlog), so a dead reaper delays nothing: promote due
- * jobs and re-arm expired claims every poll interval (at least 250 ms), one bounded batch each; prune
- * dead processes (freeing their claims at once) every heartbeat. `wake` when it promoted something.
+ * jobs, re-arm expired claims and prune dead processes (freeing their claims at once) every poll interval
+ * (at least 250 ms), one bounded batch each. Whatever became ready wakes our poller and is announced to
+ * the other listening workers: rescue must not wait for anyone's next poll.
  */
 const forkMaintenance = Effect.fnUntraced(function*(options: WorkerOptions, wake: Effect.Effect<unknown>) {
   const queue = yield* Queue
   const processes = yield* ProcessRegistry
   const every = Duration.millis(Math.max(options.pollIntervalMs, 250))
-  const pruneEvery = Math.max(1, Math.round((options.heartbeatSeconds * 1000) / Duration.toMillis(every)))
-  const round = yield* Ref.make(0)
   const maintain = Effect.gen(function*() {
-    const n = yield* Ref.updateAndGet(round, (r) => r + 1)
     const promoted = yield* queue.promoteDue({ queues: options.queues, limit: 100 })
-    yield* queue.rearmExpired({ queues: options.queues, limit: 100 })
-    if (n % pruneEvery === 0) yield* processes.pruneStale()
-    if (promoted > 0) yield* wake
+    const rearmed = yield* queue.rearmExpired({ queues: options.queues, limit: 100 })
+    const pruned = yield* processes.pruneStale()
+    const ready = new Set([...(promoted + rearmed > 0 ? options.queues : []), ...pruned.queues])
+    if (ready.size === 0) return
+    yield* queue.announceReady([...ready])
+    yield* wake
   }).pipe(Effect.catchCause((cause) => Effect.logWarning("worker maintenance failed; retrying", cause)))
   yield* maintain.pipe(Effect.repeat(Schedule.spaced(every)), Effect.delay(every), Effect.forkScoped)
 })
@@ -348,7 +349,7 @@ const runtimeServices = (settings: PgqSettings) => {
     Layer.provide(ExecutionStatus.ExecutionStatus.fromSettings(settings)),
     Layer.provideMerge(queue)
   )
-  return Layer.mergeAll(ProcessRegistry.layer(settings.schema), barrier)
+  return Layer.mergeAll(ProcessRegistry.layer(settings.schema, { sessionWitness: !settings.pgbouncer }), barrier)
 }
 
 /** A worker with its Queue and process registration, from settings, on the context's database. */

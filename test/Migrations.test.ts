@@ -36,7 +36,8 @@ describe("splitStatements", () => {
       1: "2da13184f14fd1d53fbc01877b9a712e0b98c75a7d504daa564d4e6f70ed7555",
       2: "8a2f31d1273fa903a5c3ed25029e4f9955c92a0f69c08f3645b99b5540f80017",
       3: "ca0d7303ab5e5cabd8b53709505e895d2cf47bb4d83699cae2bbf76677b91e6d",
-      4: "077ab9be20a3eb20d417a778fa71fa05dd73a9596e33f6b14bd3b6ed3493da64"
+      4: "077ab9be20a3eb20d417a778fa71fa05dd73a9596e33f6b14bd3b6ed3493da64",
+      5: "82c7828da3357c6e3e6cd51d385d600c62d478bd34ee2978c02e80d3a2c1dbbf"
     }
     const digest = createHash("sha256").update(schemaStatements("pgq").join(";\n")).digest("hex")
     expect(digest, "schema.sql changed: bump schemaVersion in src/Migrations.ts, pin the new digest here")

@@ -137,6 +137,46 @@ layer(providers.pipe(Layer.provideMerge(testDb("reaper"))), { excludeTestService
       expect(left.map((p) => p.process_id)).toEqual(["patient"])
     }))
 
+  it.effect("a process whose witness session is gone is pruned after two missed heartbeats, not its stale timeout", () =>
+    Effect.gen(function*() {
+      const { schema } = yield* TestSchema
+      const sql = yield* SqlClient.SqlClient
+      const processes = sql(`${schema}.process`)
+      yield* sql`DELETE FROM ${processes}`
+      const session = sql<{ pid: number; started: Date }>`
+        SELECT pg_backend_pid() AS pid, backend_start AS started FROM pg_stat_activity WHERE pid = pg_backend_pid()`
+      // A session that ended (as a killed process's does) and one that is alive (held until the test ends).
+      const [ended] = yield* Effect.scoped(Effect.gen(function*() {
+        const doomed = yield* sql.reserve
+        const rows = yield* doomed.execute(session.compile()[0], [], undefined)
+        yield* sql`SELECT pg_terminate_backend(${rows[0].pid}, 5000)`
+        return rows
+      }))
+      const live = yield* sql.reserve
+      const [alive] = yield* live.execute(session.compile()[0], [], undefined)
+      // heartbeat 1 s, stale 30 s; ages in seconds.
+      // The session's start as the server has it (a JavaScript Date would drop its microseconds).
+      const row = (id: string, age: number, pid: number, startedBefore = "0 seconds") =>
+        sql`INSERT INTO ${processes} (process_id, kind, host, pid, heartbeat_at, heartbeat_seconds, stale_seconds, session_pid, session_start)
+            VALUES (${id}, 'worker', 'h', 1, now() - ${age} * interval '1 second', 1, 30, ${pid},
+                    coalesce((SELECT backend_start FROM pg_stat_activity WHERE pid = ${pid}), ${ended.started}) - ${startedBefore}::interval)`
+      yield* row("dead", 2.5, ended.pid)
+      yield* row("dead-but-recent", 1.5, ended.pid)
+      yield* row("stalled", 20, alive.pid)
+      // Its pid now belongs to another session: the witness is gone.
+      yield* row("pid-reused", 2.5, alive.pid, "1 minute")
+      // A session from before the server's last start says nothing about the process.
+      yield* sql`INSERT INTO ${processes} (process_id, kind, host, pid, heartbeat_at, heartbeat_seconds, stale_seconds, session_pid, session_start)
+                 VALUES ('before-restart', 'worker', 'h', 1, now() - interval '2.5 seconds', 1, 30, ${ended.pid},
+                         pg_postmaster_start_time() - interval '1 second')`
+      yield* sql`INSERT INTO ${processes} (process_id, kind, host, pid, heartbeat_at, heartbeat_seconds, stale_seconds)
+                 VALUES ('unwitnessed', 'worker', 'h', 1, now() - interval '20 seconds', 1, 30)`
+      const tick = yield* makeTick(options(schema))
+      expect(yield* tick(yield* termFor(schema, "leader-w"))).toMatchObject({ pruned: 2 })
+      const left = yield* sql<{ process_id: string }>`SELECT process_id FROM ${processes} ORDER BY process_id`
+      expect(left.map((p) => p.process_id)).toEqual(["before-restart", "dead-but-recent", "stalled", "unwitnessed"])
+    }))
+
   it.effect("a backlog of 200,000 due jobs is promoted in bounded batches while the leader keeps its lease", () =>
     Effect.gen(function*() {
       const { schema } = yield* TestSchema

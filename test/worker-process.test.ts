@@ -84,6 +84,42 @@ layer(testDb("worker_process"), { excludeTestServices: true })("dist/worker.js",
       expect(seconds).toBeLessThan(2 + 0.5 + 0.5 + 1)
     }), { timeout: 60_000 })
 
+  it.effect("a SIGKILLed worker is rescued once its database session is gone, long before its stale timeout; a stopped one is not", () =>
+    Effect.gen(function*() {
+      const { schema, url } = yield* TestSchema
+      const q = yield* Queue
+      // Stale 30 s, lease 120 s: only the closed session of the dead process can explain a rescue within seconds.
+      const env = workerEnv(schema, url, {
+        PGQ_QUEUES: "witnessed",
+        PGQ_HEARTBEAT_SECONDS: "1",
+        PGQ_PROCESS_STALE_SECONDS: "30",
+        PGQ_VT_SECONDS: "120"
+      })
+      const victim = yield* spawnNode("worker.js", env)
+      yield* q.enqueue("sleep", { ms: 600_000 }, { queue: "witnessed" })
+      yield* eventually(messageRows("witnessed"), (rows) => rows[0]?.state === "claimed")
+      const rescuer = yield* spawnNode("worker.js", env)
+      yield* eventually(processCount, (n) => n === 2)
+
+      // Stopped, its session stays open: a stall, judged by the stale timeout only (30 s), never pruned in 4 s.
+      victim.child.kill("SIGSTOP")
+      yield* Effect.sleep("4 seconds")
+      expect((yield* messageRows("witnessed"))[0]).toMatchObject({ state: "claimed", read_ct: 1 })
+      expect(yield* processCount).toBe(2)
+      victim.child.kill("SIGCONT")
+      yield* Effect.sleep("1 second")
+
+      const killedAt = yield* Clock.currentTimeMillis
+      victim.child.kill("SIGKILL")
+      const [rescued] = yield* eventually(messageRows("witnessed"), (rows) => rows[0]?.read_ct === 2 && rows[0]?.state === "claimed")
+      const seconds = ((yield* Clock.currentTimeMillis) - killedAt) / 1000
+      console.log(`[measure] SIGKILLed worker's job running again after ${seconds.toFixed(2)} s (heartbeat 1 s, stale 30 s, lease 120 s)`)
+      expect(rescued!.claimed_by).toContain(`:${rescuer.child.pid}:`)
+      // The promise: two of the victim's heartbeats after its session closed, one maintenance round (250 ms)
+      // and the claim, with a second to spare.
+      expect(seconds).toBeLessThan(2 * 1 + 0.25 + 1)
+    }), { timeout: 60_000 })
+
   it.effect("a job enqueued by dist/cli.js wakes an idle worker at once (LISTEN/NOTIFY), not at its next poll", () =>
     Effect.gen(function*() {
       const { schema, url } = yield* TestSchema

@@ -55,7 +55,7 @@ const program = Effect.gen(function*() {
       return yield* Effect.never
     }).pipe(Effect.provide(Reaper.layerFromOptions(options)), Effect.scoped)
   }).pipe(
-    Effect.provide(databaseLayer(settings, "pgq-reaper", 4)),
+    Effect.provide(databaseLayer(settings, "pgq-reaper", 5)),
     Effect.provide(loggerLayer(settings.logFormat))
   )
 })

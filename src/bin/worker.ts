@@ -64,7 +64,7 @@ const supervisor = (settings: PgqSettings) =>
     yield* requireTasks(settings)
     if (settings.autoMigrate) yield* migrate(settings.schema)
     yield* SupervisorNode.serve(settings, fileURLToPath(import.meta.url))
-  }).pipe(Effect.provide(databaseLayer(settings, "pgq-supervisor", 2)))
+  }).pipe(Effect.provide(databaseLayer(settings, "pgq-supervisor", 3)))
 
 const program = Effect.gen(function*() {
   const settings = yield* parseSettings(process.env)
