@@ -15,8 +15,11 @@ const ACK_GATHER = Duration.millis(5)
 const ACK_RETRY = Duration.millis(500)
 
 export interface AckerOptions {
-  /** Acks ride along with claims (`takeForClaim`); the fiber only sends what no claim took within 5 ms. */
-  readonly ride: boolean
+  /**
+   * Acks ride along with claims (`takeForClaim`) while this holds (a prefetch buffer keeps claims off the
+   * critical path); the fiber then only sends what no claim took within 5 ms.
+   */
+  readonly ride: () => boolean
   /** Bound of the last flush at shutdown. */
   readonly statementTimeout: Duration.Duration
 }
@@ -55,7 +58,7 @@ export const makeAcker = Effect.fnUntraced(function*(options: AckerOptions) {
     Q.offerAll(pending, attempts).pipe(Effect.andThen(Q.offer(waiting, undefined)), Effect.asVoid)
 
   const fiber = yield* Q.take(waiting).pipe(
-    Effect.delay(options.ride ? ACK_GATHER : Duration.zero),
+    Effect.andThen(Effect.suspend(() => options.ride() ? Effect.sleep(ACK_GATHER) : Effect.void)),
     // Uninterruptible once taken: shutdown waits for this flush instead of losing the acks it holds.
     Effect.andThen(Effect.uninterruptible(
       Q.clear(pending).pipe(
@@ -72,7 +75,7 @@ export const makeAcker = Effect.fnUntraced(function*(options: AckerOptions) {
     /** Queue the ack of a finished attempt. */
     add: (attempt: Attempt) => giveBack([attempt]),
     /** The acks that ride along with a claim about to be sent (none when acks do not ride). */
-    takeForClaim: options.ride ? Q.clear(pending) : Effect.succeed<ReadonlyArray<Attempt>>([]),
+    takeForClaim: Effect.suspend(() => options.ride() ? Q.clear(pending) : Effect.succeed<ReadonlyArray<Attempt>>([])),
     /** A claim that carried acks failed: they wait for the next one, or for the fiber. */
     giveBack,
     record,

@@ -19,8 +19,12 @@ export interface PgqSettings {
   readonly queues: ReadonlyArray<string>
   readonly tasks: Option.Option<string>
   readonly concurrency: number
-  /** Jobs claimed ahead of free slots, held locally (leases renewed) so the next claim overlaps running jobs. */
-  readonly prefetch: number
+  /**
+   * Jobs claimed ahead of free slots, held locally (leases renewed) so the next claim overlaps running jobs:
+   * a fixed number, or "auto" (the default) for what this process will start within a short horizon at its
+   * recent pace (none for long jobs, hundreds for short ones; see Prefetch.ts).
+   */
+  readonly prefetch: number | "auto"
   /** Enqueues NOTIFY after commit; workers LISTEN (not behind PgBouncer) and wake at once. */
   readonly notify: boolean
   /** Worker processes under one supervisor; 1 = no supervisor. Clamped to `MAX_PROCESSES`. */
@@ -126,7 +130,12 @@ const positiveInt = (variable: string) => field(variable, "a positive integer", 
 const positiveNumber = (variable: string) =>
   field(variable, "a positive number", numberOf, (v) => typeof v === "number" && Number.isFinite(v) && v > 0)
 
-const nonNegativeInt = (variable: string) => field(variable, "an integer >= 0", numberOf, (v) => isInt(v) && v >= 0)
+const prefetchField = field<number | "auto">(
+  "PGQ_PREFETCH",
+  "auto or an integer >= 0",
+  (t) => (t.toLowerCase() === "auto" ? "auto" : numberOf(t)),
+  (v) => v === "auto" || (isInt(v) && v >= 0)
+)
 
 const port = (variable: string) => field(variable, "a port 0..65535", numberOf, (v) => isInt(v) && v >= 0 && v <= 65535)
 
@@ -228,7 +237,7 @@ const fields: { readonly [K in keyof PgqSettings]: Field<PgqSettings[K]> } = {
   queues: queueList,
   tasks: optional(text("PGQ_TASKS", "a module specifier")),
   concurrency: positiveInt("PGQ_CONCURRENCY"),
-  prefetch: nonNegativeInt("PGQ_PREFETCH"),
+  prefetch: prefetchField,
   processes: positiveInt("PGQ_PROCESSES"),
   maxJobsPerProcess: optional(positiveInt("PGQ_MAX_JOBS_PER_PROCESS")),
   maxRssMb: optional(positiveNumber("PGQ_MAX_RSS_MB")),
@@ -273,7 +282,7 @@ const withDefaults = (given: Partial<PgqSettings>): PgqSettings => ({
   queues: ["default"],
   tasks: Option.none(),
   concurrency: 10,
-  prefetch: 0,
+  prefetch: "auto",
   processes: 1,
   maxJobsPerProcess: Option.none(),
   maxRssMb: Option.none(),

@@ -30,9 +30,17 @@ export const makeHeldJobs = Effect.fnUntraced(function*(options: HeldJobsOptions
   const scope = yield* Effect.scope
   const held = new Map<string, Held>()
   let admitting = true
+  /** How many held attempts have started: kept as a count, every admit and every done reads it. */
+  let running = 0
+  const remove = (key: string) => {
+    const entry = held.get(key)
+    if (entry === undefined) return
+    if (entry.started) running--
+    held.delete(key)
+  }
 
-  const started = () => [...held.values()].filter((h) => h.started).length
-  const gauge = Effect.suspend(() => Metric.update(Metrics.inFlight, started()))
+  const started = () => running
+  const gauge = Effect.suspend(() => Metric.update(Metrics.inFlight, running))
 
   /**
    * Find out which held attempts are still ours: a prefetched attempt that is not is dropped, a running one
@@ -50,7 +58,7 @@ export const makeHeldJobs = Effect.fnUntraced(function*(options: HeldJobsOptions
       for (const [, h] of entries) if (renewed.has(h.job.token)) h.confirmedAt = sentAt
       const lost = entries.filter(([key, h]) => !renewed.has(h.job.token) && held.get(key) === h && !h.settling)
       if (lost.length === 0) return
-      for (const [key] of lost) held.delete(key)
+      for (const [key] of lost) remove(key)
       yield* Metric.update(Metrics.leaseRenewFailures, lost.length)
       yield* Effect.logWarning(
         `lease lost for job(s) ${lost.map(([, h]) => `${h.job.msgId} (attempt ${h.job.attempt})`).join(", ")}: ` +
@@ -83,12 +91,13 @@ export const makeHeldJobs = Effect.fnUntraced(function*(options: HeldJobsOptions
         yield* renew("await").pipe(
           Effect.catchCause((cause) =>
             Effect.logWarning(`job ${entry.job.msgId}: its claim could not be confirmed; not starting it`, cause)
-              .pipe(Effect.andThen(Effect.sync(() => held.delete(key))))
+              .pipe(Effect.andThen(Effect.sync(() => remove(key))))
           )
         )
       }
       if (!admitting || held.get(key) !== entry) return false
       entry.started = true
+      running++
       yield* gauge
       return true
     })
@@ -114,13 +123,13 @@ export const makeHeldJobs = Effect.fnUntraced(function*(options: HeldJobsOptions
         const entry = held.get(key)
         if (entry !== undefined) entry.settling = true
       }),
-    done: (key: string) => Effect.sync(() => held.delete(key)).pipe(Effect.andThen(gauge)),
+    done: (key: string) => Effect.sync(() => remove(key)).pipe(Effect.andThen(gauge)),
     renew,
     /** Shutdown: admit nothing more; returns the jobs that never started (no longer held). */
     stopAdmitting: Effect.sync(() => {
       admitting = false
       const waiting = [...held.entries()].filter(([, h]) => !h.started)
-      for (const [key] of waiting) held.delete(key)
+      for (const [key] of waiting) remove(key)
       return waiting.map(([, h]) => h.job)
     }),
     /** The jobs still held (running, or not yet settled). */

@@ -22,6 +22,7 @@ import { makeHeldJobs } from "./HeldJobs.ts"
 import { type Attempt, type ClaimedJob, Queue } from "./Queue.ts"
 import * as Wakeup from "./Wakeup.ts"
 import { dispositionOf, makeSettlement, SETTLE_RETRY } from "./Settlement.ts"
+import { makePrefetch } from "./Prefetch.ts"
 import type { TaskRegistry } from "./Task.ts"
 
 export interface WorkerOptions {
@@ -30,10 +31,11 @@ export interface WorkerOptions {
   readonly concurrency: number
   /**
    * Jobs claimed ahead of free slots and held locally, their leases renewed, so the next claim overlaps
-   * running jobs. Raises throughput for short jobs; keep it 0 for long jobs, where a prefetched job would
-   * wait for a slot here while another worker sits idle. Default 0.
+   * running jobs: a fixed number (0: none), or "auto" (the default): what this process will start within
+   * 50 ms at its recent pace, so short jobs are claimed in large batches and long jobs are never held here
+   * while another worker sits idle (Prefetch.ts).
    */
-  readonly prefetch?: number
+  readonly prefetch?: number | "auto"
   /**
    * LISTEN for enqueue notifications and cut the idle poll wait short when one names our queues (default
    * false; needs a PgClient and a session of its own, so not behind PgBouncer).
@@ -104,8 +106,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
   const processes = yield* ProcessRegistry
   const barrier = yield* Barrier
 
-  const prefetch = options.prefetch ?? 0
-  const capacity = options.concurrency + prefetch
+  const prefetch = makePrefetch(options.prefetch ?? "auto", options.concurrency)
   const statementTimeout = Duration.millis(options.statementTimeoutMs ?? 10_000)
   const slots = yield* Semaphore.make(options.concurrency)
   const lastPollAt = yield* Ref.make(yield* Clock.currentTimeMillis)
@@ -120,7 +121,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
   // Acks ride along with claims only with a prefetch buffer. Without one, the next claim is on the critical
   // path and a separate ack, on another connection, runs in parallel with it: measured 5.3k vs 4.2k jobs/s
   // (1 × 10, no-op). With a buffer, riding along saves a statement per batch: 9.2k vs 8.6k (prefetch 30).
-  const acker = yield* makeAcker({ ride: prefetch > 0, statementTimeout })
+  const acker = yield* makeAcker({ ride: () => prefetch.ahead() > 0, statementTimeout })
 
   const registration = yield* processes.register({
     kind: "worker",
@@ -143,6 +144,11 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
 
   const runJob = (key: string, job: ClaimedJob) =>
     dispositionOf(registry, job).pipe(
+      Effect.timed,
+      Effect.map(([elapsed, disposition]) => {
+        prefetch.record(Duration.toMillis(elapsed))
+        return disposition
+      }),
       Effect.tap(() => held.settling(key)),
       Effect.flatMap((disposition) => settle(job, disposition).pipe(Effect.retry(SETTLE_RETRY))),
       Effect.catchCause((cause) => Effect.logError(`job ${job.msgId} (${job.task}): could not record its outcome`, cause)),
@@ -167,7 +173,10 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
    * Room for the next claim. With a prefetch buffer, claim again only once it is half empty, so claims
    * stay batched instead of following each finished job one by one.
    */
-  const room = () => held.size() > options.concurrency + Math.floor(prefetch / 2) ? 0 : capacity - held.size()
+  const room = () => {
+    const ahead = prefetch.ahead()
+    return held.size() > options.concurrency + Math.floor(ahead / 2) ? 0 : options.concurrency + ahead - held.size()
+  }
 
   /**
    * Ack what is waiting, claim into the free room and hold what was claimed: uninterruptible (bounded by the
@@ -293,7 +302,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
   })
 
   yield* Effect.logInfo(
-    `worker ${processId} started: queues=${options.queues.join(",")} concurrency=${options.concurrency} prefetch=${prefetch} lease=${options.leaseSeconds}s tasks=${[...registry.tasks.keys()].join(",")}`
+    `worker ${processId} started: queues=${options.queues.join(",")} concurrency=${options.concurrency} prefetch=${options.prefetch ?? "auto"} lease=${options.leaseSeconds}s tasks=${[...registry.tasks.keys()].join(",")}`
   )
   return Worker.of({ processId, status })
 })

@@ -18,7 +18,7 @@ describe("Config", () => {
       notify: true,
       queues: ["default"],
       concurrency: 10,
-      prefetch: 0,
+      prefetch: "auto",
       processes: 1,
       vtSeconds: 30,
       maxAttempts: 5,
@@ -55,12 +55,15 @@ describe("Config", () => {
     expect(result.success.concurrency).toBe(10)
     expect(result.success.prefetch).toBe(20)
     expect(result.success.reaperIntervalSeconds).toBe(2.5)
+    const auto = parse({ PGQ_PREFETCH: "AUTO" })
+    expect(auto._tag === "Success" && auto.success.prefetch).toBe("auto")
   })
 
   const bad: ReadonlyArray<[Record<string, string>, string]> = [
     [{ PGQ_CONCURRENCY: "0" }, "PGQ_CONCURRENCY"],
     [{ PGQ_CONCURRENCY: "1.5" }, "PGQ_CONCURRENCY"],
     [{ PGQ_PREFETCH: "-1" }, "PGQ_PREFETCH"],
+    [{ PGQ_PREFETCH: "lots" }, "PGQ_PREFETCH"],
     [{ PGQ_VT_SECONDS: "-3" }, "PGQ_VT_SECONDS"],
     [{ PGQ_MAX_ATTEMPTS: "abc" }, "PGQ_MAX_ATTEMPTS"],
     [{ PGQ_HEALTH_PORT: "70000" }, "PGQ_HEALTH_PORT"],
@@ -98,6 +101,7 @@ describe("Config", () => {
       [{ concurrency: 1.5 }, "concurrency", "PGQ_CONCURRENCY"],
       [{ concurrency: Number.NaN }, "concurrency", "PGQ_CONCURRENCY"],
       [{ prefetch: -1 }, "prefetch", "PGQ_PREFETCH"],
+      [{ prefetch: "some" as unknown as number }, "prefetch", "PGQ_PREFETCH"],
       [{ vtSeconds: -3 }, "vtSeconds", "PGQ_VT_SECONDS"],
       [{ maxAttempts: "5" as unknown as number }, "maxAttempts", "PGQ_MAX_ATTEMPTS"],
       [{ healthPort: Option.some(70000) }, "healthPort", "PGQ_HEALTH_PORT"],

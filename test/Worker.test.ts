@@ -310,6 +310,46 @@ layer(testDb("worker", { maxConnections: 12 }), { excludeTestServices: true })("
       expect(yield* Ref.get(started)).toBe(2)
     }), { timeout: 30_000 })
 
+  it.effect("prefetch auto: short jobs are claimed ahead in batches; long jobs are never held from an idle worker", () =>
+    Effect.gen(function*() {
+      const { schema } = yield* TestSchema
+      const sql = yield* SqlClient.SqlClient
+      const q = yield* Queue
+      const quick = Task.define({ name: "quick", payload: Schema.Struct({}), handler: () => Effect.sleep("1 millis") })
+      const slow = Task.define({ name: "slow", payload: Schema.Struct({}), handler: () => Effect.sleep("300 millis") })
+      const registry = Task.registry(quick, slow)
+      const layerFor = (queue: string) =>
+        Worker.layer(registry, options(schema, queue, { concurrency: 2, prefetch: "auto" })).pipe(
+          Layer.provide(ProcessRegistry.layer(schema))
+        )
+      // Short jobs (1 ms): once the pace is known the worker holds jobs ahead of its two slots (about 50).
+      yield* q.enqueueMany(Array.from({ length: 2000 }, () => ({ task: "quick", payload: {}, options: { queue: "auto-short" } })))
+      const ahead = yield* Effect.scoped(Effect.gen(function*() {
+        const worker = Context.get(yield* Layer.build(layerFor("auto-short")), Worker)
+        return yield* eventually(worker.status, (s) => s.prefetched > 2)
+      }))
+      expect(ahead.prefetched).toBeGreaterThan(2)
+
+      // Long jobs: worker A learns their pace on one job, then a burst of six arrives with worker B idle
+      // beside it. A holds nothing ahead, so B runs its share.
+      const claimers = sql<{ claimed_by: string; n: number }>`
+        SELECT claimed_by, count(*)::int AS n FROM ${sql(`${schema}.message`)}
+        WHERE queue = 'auto-long' AND state = 'claimed' GROUP BY claimed_by`
+      yield* Effect.scoped(Effect.gen(function*() {
+        const a = Context.get(yield* Layer.build(layerFor("auto-long")), Worker)
+        yield* q.enqueue("slow", {}, { queue: "auto-long" })
+        yield* eventually(a.status, (s) => s.processed === 1)
+        const b = Context.get(yield* Layer.build(layerFor("auto-long")), Worker)
+        yield* q.enqueueMany(Array.from({ length: 6 }, () => ({ task: "slow", payload: {}, options: { queue: "auto-long" } })))
+        // Each holds only what its two slots run; the other two jobs wait in the queue for whoever frees one.
+        const split = yield* eventually(claimers, (rows) => rows.length === 2)
+        expect(split.map((r) => r.n)).toEqual([2, 2])
+        expect((yield* a.status).prefetched).toBe(0)
+        yield* eventually(Effect.all([a.status, b.status]), ([sa, sb]) => sa.processed + sb.processed === 7)
+        expect((yield* b.status).processed).toBeGreaterThanOrEqual(2)
+      }))
+    }), { timeout: 30_000 })
+
   it.effect("shutdown at any moment never strands a claim: nothing stays claimed by the closed worker", () =>
     Effect.gen(function*() {
       const { schema } = yield* TestSchema
