@@ -98,11 +98,12 @@ const toClaimed = (row: ClaimRow): ClaimedJob => ({
 })
 
 export const makeAttempts = (statements: Statements) => {
-  const { sql, message, deadLetterTable, processTable, barrierTable, attemptsOf, fenced, relaxedCommit, bounded } = statements
+  const { sql, message, deadLetterTable, processTable, barrierTable, lockedAttempts, relaxedCommit, bounded } = statements
 
   /** Delete (complete) the rows of still-current attempts, returning their msg_id: the ack. */
   const deleteAttempts = (attempts: ReadonlyArray<Attempt>) =>
-    sql`DELETE FROM ${message} AS m USING ${attemptsOf(attempts)} WHERE ${fenced} RETURNING m.msg_id, m.claim_token`
+    sql`DELETE FROM ${message} AS m WHERE m.ctid = ANY(ARRAY(${lockedAttempts(attempts)}))
+        RETURNING m.msg_id, m.claim_token`
 
   /**
    * Ack finished attempts and claim up to `limit` ready jobs in one statement (one round trip and one
@@ -124,9 +125,9 @@ export const makeAttempts = (statements: Statements) => {
       : sql`TRUE`
     const rows = yield* sql<ClaimRow & { readonly kind: "job" | "ack" | "unregistered" }>`
       WITH acked AS (${deleteAttempts(acks)}), registered AS (SELECT ${registered} AS ok), locked AS (
-        SELECT c.msg_id FROM unnest(${[...new Set(options.queues)]}::text[]) AS q(name)
+        SELECT c.ctid FROM unnest(${[...new Set(options.queues)]}::text[]) AS q(name)
         CROSS JOIN LATERAL (
-          SELECT msg_id, priority FROM ${message}
+          SELECT ctid, msg_id, priority FROM ${message}
           WHERE queue = q.name AND state = 'ready'
           ORDER BY priority DESC, msg_id
           LIMIT ${options.limit}
@@ -139,7 +140,7 @@ export const makeAttempts = (statements: Statements) => {
         UPDATE ${message} AS m
         SET state = 'claimed', vt = now() + ${options.leaseSeconds} * interval '1 second',
             read_ct = m.read_ct + 1, claimed_by = ${options.processId}, claim_token = gen_random_uuid()
-        FROM locked WHERE m.msg_id = locked.msg_id
+        WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM locked))
         RETURNING m.msg_id, m.claim_token, m.queue, m.task, m.payload, m.org_id, m.priority, m.read_ct, m.max_attempts,
                   m.enqueued_at, m.execution_id, m.batch_index,
                   (m.batch_index IS NULL OR EXISTS (
@@ -173,7 +174,7 @@ export const makeAttempts = (statements: Statements) => {
     const rows = yield* sql<{ token: string }>`
       WITH extended AS (
         UPDATE ${message} AS m SET vt = now() + ${leaseSeconds} * interval '1 second'
-        FROM ${attemptsOf(attempts)} WHERE ${fenced}
+        WHERE m.ctid = ANY(ARRAY(${lockedAttempts(attempts)}))
         RETURNING m.claim_token
       )
       SELECT claim_token::text AS token ${yield* relaxedCommit} FROM extended`
@@ -203,11 +204,10 @@ export const makeAttempts = (statements: Statements) => {
   ) =>
     sql<{ dead: number; retried: number }>`
       WITH target AS (
-        SELECT m.msg_id, ${exhausted} AS exhausted FROM ${message} AS m, ${attemptsOf([attempt])}
-        WHERE ${fenced}
-        FOR UPDATE OF m
+        SELECT m.ctid, ${exhausted} AS exhausted FROM ${message} AS m
+        WHERE m.ctid = ANY(ARRAY(${lockedAttempts([attempt])}))
       ), dead AS (
-        DELETE FROM ${message} AS m USING target t WHERE m.msg_id = t.msg_id AND t.exhausted
+        DELETE FROM ${message} AS m WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM target WHERE exhausted))
         RETURNING m.*
       ), buried AS (
         INSERT INTO ${deadLetterTable} (msg_id, queue, task, payload, org_id, priority, read_ct, max_attempts,
@@ -222,7 +222,7 @@ export const makeAttempts = (statements: Statements) => {
         SET state = 'scheduled', visible_at = now() + ${options.retryInSeconds} * interval '1 second',
             vt = NULL, claimed_by = NULL, claim_token = NULL, last_error = ${options.error},
             max_attempts = m.max_attempts + ${options.spare}
-        FROM target t WHERE m.msg_id = t.msg_id AND NOT t.exhausted
+        WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM target WHERE NOT exhausted))
         RETURNING m.msg_id
       )
       SELECT (SELECT count(*) FROM buried)::int AS dead, (SELECT count(*) FROM retried)::int AS retried`.pipe(
@@ -268,7 +268,7 @@ export const makeAttempts = (statements: Statements) => {
     if (attempts.length === 0) return 0
     const rows = yield* sql<{ n: number }>`
       WITH released AS (
-        UPDATE ${message} AS m SET ${giveBack} FROM ${attemptsOf(attempts)} WHERE ${fenced}
+        UPDATE ${message} AS m SET ${giveBack} WHERE m.ctid = ANY(ARRAY(${lockedAttempts(attempts)}))
         RETURNING m.msg_id
       )
       SELECT count(*)::int AS n ${yield* relaxedCommit} FROM released`

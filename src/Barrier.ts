@@ -21,6 +21,7 @@ import { SqlClient, type SqlError } from "effect/sql"
 import * as ExecutionStatus from "./ExecutionStatus.ts"
 import { findUnstorable, hasNul } from "./Json.ts"
 import { type Attempt, attemptKey, type EnqueueOptions, Queue, type QueueError } from "./Queue.ts"
+import { lockedClaims } from "./QueueStatements.ts"
 import type { Task } from "./Task.ts"
 
 /** A barrier cannot be started as asked: names the execution and the field. */
@@ -185,9 +186,9 @@ export const makeBarrier = Effect.fnUntraced(function*(options: BarrierOptions) 
       const lock = which === "unclaimed batches" ? sql`FOR UPDATE SKIP LOCKED` : sql`FOR UPDATE`
       const once = sql<{ n: number }>`
         WITH doomed AS (
-          SELECT msg_id FROM ${message} WHERE execution_id = ${executionId} ${only}
+          SELECT ctid FROM ${message} WHERE execution_id = ${executionId} ${only}
           LIMIT ${CLEANUP_BATCH} ${lock}
-        ), gone AS (DELETE FROM ${message} m USING doomed WHERE m.msg_id = doomed.msg_id RETURNING 1)
+        ), gone AS (DELETE FROM ${message} m WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM doomed)) RETURNING 1)
         SELECT count(*)::int AS n FROM gone`.pipe(Effect.map((rows) => rows[0]!.n))
       let total = 0
       for (let n = CLEANUP_BATCH; n === CLEANUP_BATCH; total += n) n = yield* once
@@ -290,11 +291,15 @@ export const makeBarrier = Effect.fnUntraced(function*(options: BarrierOptions) 
           FROM input AS i
         ) AS r JOIN locked AS l ON l.execution_id = r.execution_id
         WHERE r.rn < l.remaining
+      ), deleted AS (
+        DELETE FROM ${message} AS m
+        WHERE m.ctid = ANY(ARRAY(${lockedClaims(sql, message, sql`(
+          SELECT msg_id, token FROM input WHERE msg_id IN (SELECT msg_id FROM eligible) ORDER BY msg_id
+        ) AS a`)}))
+        RETURNING m.msg_id, m.claim_token
       ), acked AS (
-        DELETE FROM ${message} AS m USING input AS i
-        WHERE m.msg_id = i.msg_id AND m.claim_token = i.token AND m.state = 'claimed'
-          AND i.msg_id IN (SELECT msg_id FROM eligible)
-        RETURNING i.msg_id, i.token, i.execution_id, i.batch_index, i.result
+        SELECT i.msg_id, i.token, i.execution_id, i.batch_index, i.result
+        FROM input AS i JOIN deleted AS d ON d.msg_id = i.msg_id AND d.claim_token = i.token
       ), chosen AS (
         -- Two messages of one batch in one statement (duplicates): one of them counts, the other is a duplicate.
         SELECT DISTINCT ON (execution_id, batch_index) msg_id, token, execution_id, batch_index, result

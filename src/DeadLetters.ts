@@ -51,10 +51,10 @@ export const makeDeadLetters = (statements: Statements) => {
     // In batches: replaying a million dead letters must not be one statement.
     const batch = sql<{ n: number }>`
       WITH batch AS (
-        SELECT msg_id FROM ${deadLetterTable} WHERE ${filter}
+        SELECT ctid FROM ${deadLetterTable} WHERE ${filter}
         ORDER BY msg_id LIMIT ${MAINTENANCE_BATCH} FOR UPDATE SKIP LOCKED
       ), revived AS (
-        DELETE FROM ${deadLetterTable} AS d USING batch WHERE d.msg_id = batch.msg_id
+        DELETE FROM ${deadLetterTable} AS d WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM batch))
         RETURNING queue, task, payload, org_id, priority, max_attempts, enqueued_at, execution_id, batch_index, last_error
       ), inserted AS (
         INSERT INTO ${message} (queue, task, payload, org_id, priority, state, visible_at, max_attempts,
@@ -76,12 +76,12 @@ export const makeDeadLetters = (statements: Statements) => {
   ) {
     const rows = yield* bounded(sql<{ n: number }>`
       WITH batch AS (
-        SELECT msg_id FROM ${deadLetterTable}
+        SELECT ctid FROM ${deadLetterTable}
         WHERE failed_at < now() - ${retentionSeconds} * interval '1 second' AND ${scope?.fence ?? sql`TRUE`}
         ORDER BY failed_at LIMIT ${scope?.limit ?? MAINTENANCE_BATCH}
         FOR UPDATE SKIP LOCKED
       ), swept AS (
-        DELETE FROM ${deadLetterTable} AS d USING batch WHERE d.msg_id = batch.msg_id RETURNING 1
+        DELETE FROM ${deadLetterTable} AS d WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM batch)) RETURNING 1
       )
       SELECT count(*)::int AS n FROM swept`)
     return rows[0]!.n

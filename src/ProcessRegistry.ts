@@ -179,13 +179,13 @@ export const makeProcessRegistry = Effect.fnUntraced(function*(schema: string, o
         DELETE FROM ${table} AS p USING stale WHERE p.process_id = stale.process_id
         RETURNING p.process_id
       ), held AS (
-        SELECT m.msg_id FROM ${message} AS m
+        SELECT m.ctid FROM ${message} AS m
         WHERE m.state = 'claimed' AND m.claimed_by IN (SELECT process_id FROM dead)
         LIMIT ${MAINTENANCE_BATCH}
         FOR UPDATE OF m SKIP LOCKED
       ), released AS (
         UPDATE ${message} AS m SET state = 'ready', vt = NULL, claimed_by = NULL, claim_token = NULL
-        FROM held WHERE m.msg_id = held.msg_id
+        WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM held))
         RETURNING m.queue
       )
       SELECT (SELECT count(*) FROM dead)::int AS pruned, (SELECT count(*) FROM released)::int AS released,

@@ -44,12 +44,14 @@ export const makeQueueMaintenance = (statements: Statements) => {
   ) =>
     sql<{ n: number }>`
       WITH batch AS (
-        SELECT msg_id FROM ${message}
+        SELECT ctid FROM ${message}
         WHERE ${where} AND ${scopeFilter(scope)}
         ORDER BY ${order} LIMIT ${scope.limit ?? MAINTENANCE_BATCH}
         FOR UPDATE SKIP LOCKED
       ), changed AS (
-        UPDATE ${message} AS m SET ${set} FROM batch WHERE m.msg_id = batch.msg_id RETURNING 1
+        -- By ctid (a TID scan): a join on msg_id can be planned as a loop over the whole table when the
+        -- statistics say it is empty (see lockedAttempts in QueueStatements.ts).
+        UPDATE ${message} AS m SET ${set} WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM batch)) RETURNING 1
       )
       SELECT count(*)::int AS n FROM changed`.pipe(Effect.map((rows) => rows[0]!.n))
 

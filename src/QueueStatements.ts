@@ -4,7 +4,7 @@
  * DeadLetters, QueueStats) are built on it and composed into the Queue service.
  */
 import { type Cause, Duration, Effect, Option } from "effect"
-import type { SqlClient } from "effect/sql"
+import type { SqlClient, Statement } from "effect/sql"
 import type { Attempt } from "./Attempts.ts"
 
 export interface StatementDefaults {
@@ -15,10 +15,22 @@ export interface StatementDefaults {
   readonly statementTimeoutMs?: number
 }
 
-const fenceIds = (attempts: ReadonlyArray<Attempt>) => ({
-  ids: attempts.map((a) => a.msgId),
-  tokens: attempts.map((a) => a.token)
-})
+/** In msg_id order: every statement that waits for row locks takes them in that order, so none deadlock. */
+const fenceIds = (attempts: ReadonlyArray<Attempt>) => {
+  const sorted = [...attempts].sort((a, b) => a.msgId.length - b.msgId.length || (a.msgId < b.msgId ? -1 : 1))
+  return { ids: sorted.map((a) => a.msgId), tokens: sorted.map((a) => a.token) }
+}
+
+/**
+ * The `ctid`s of the rows still claimed by the attempts of `source` (a relation `a(msg_id, token)`), locked
+ * in `source`'s order: see `lockedAttempts`.
+ */
+export const lockedClaims = (sql: SqlClient.SqlClient, message: Statement.Identifier, source: Statement.Fragment) =>
+  sql`SELECT x.ctid FROM ${source}
+      CROSS JOIN LATERAL (
+        SELECT m.ctid, m.claim_token, m.state FROM ${message} AS m WHERE m.msg_id = a.msg_id OFFSET 0 FOR UPDATE
+      ) AS x
+      WHERE x.claim_token = a.token AND x.state = 'claimed'`
 
 export const makeStatements = (sql: SqlClient.SqlClient, defaults: StatementDefaults) => {
   const message = sql(`${defaults.schema}.message`)
@@ -30,8 +42,16 @@ export const makeStatements = (sql: SqlClient.SqlClient, defaults: StatementDefa
     const { ids, tokens } = fenceIds(attempts)
     return sql`unnest(${ids}::bigint[], ${tokens}::uuid[]) AS a(msg_id, token)`
   }
-  /** The per-claim fence: the row is still claimed by exactly this claim. */
-  const fenced = sql`m.msg_id = a.msg_id AND m.claim_token = a.token AND m.state = 'claimed'`
+  /**
+   * The rows of the attempts that are still current, locked, as a relation `(ctid, msg_id)` for a statement
+   * to change by `ctid = ANY(...)` (a TID scan). The shape is what makes the plan safe whatever the table's
+   * statistics: a drained queue table is analyzed with pages but no rows, and the planner then believes it
+   * holds one row and loops over every claimed row once per attempt (8,000 acks: 12.5 s instead of 50 ms).
+   * Here the attempts drive the loop (LATERAL), each row is found through the primary key (the only index
+   * the subquery's condition can use; OFFSET 0 keeps the fence out of it), and the lock keeps its ctid valid
+   * until the statement's own write.
+   */
+  const lockedAttempts = (attempts: ReadonlyArray<Attempt>) => lockedClaims(sql, message, attemptsOf(attempts))
 
   /**
    * A column that makes the statement's own transaction commit asynchronously, when it runs on its own
@@ -55,7 +75,16 @@ export const makeStatements = (sql: SqlClient.SqlClient, defaults: StatementDefa
       : Effect.timeout(effect, Duration.millis(defaults.statementTimeoutMs))
 
 
-  return { sql, message, deadLetterTable, processTable, barrierTable, attemptsOf, fenced, relaxedCommit, bounded }
+  return {
+    sql,
+    message,
+    deadLetterTable,
+    processTable,
+    barrierTable,
+    lockedAttempts,
+    relaxedCommit,
+    bounded
+  }
 }
 
 export type Statements = ReturnType<typeof makeStatements>

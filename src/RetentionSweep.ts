@@ -53,27 +53,26 @@ export const makeRetentionSweep = Effect.fnUntraced(function*(options: Retention
   const markerBatch = (fence: Statement.Fragment) =>
     count(sql<{ n: number }>`
       WITH batch AS (
-        SELECT b.execution_id, b.batch_index FROM ${t("barrier_batch")} AS b
+        SELECT b.ctid FROM ${t("barrier_batch")} AS b
         WHERE b.created_at < ${ago(options.markerRetentionSeconds)}
           AND NOT EXISTS (SELECT 1 FROM ${t("barrier")} AS r WHERE r.execution_id = b.execution_id)
           AND ${fence}
         LIMIT ${limit} FOR UPDATE OF b SKIP LOCKED
       ), swept AS (
-        DELETE FROM ${t("barrier_batch")} AS m USING batch
-        WHERE m.execution_id = batch.execution_id AND m.batch_index = batch.batch_index RETURNING 1
+        DELETE FROM ${t("barrier_batch")} AS m WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM batch)) RETURNING 1
       )
       SELECT count(*)::int AS n FROM swept`)
 
   const executionBatch = (retentionSeconds: number, fence: Statement.Fragment) =>
     count(sql<{ n: number }>`
       WITH batch AS (
-        SELECT e.execution_id FROM ${t("execution")} AS e
+        SELECT e.ctid FROM ${t("execution")} AS e
         WHERE e.status IN ('COMPLETED', 'ERROR', 'STOPPED') AND e.updated_at < ${ago(retentionSeconds)}
           AND NOT EXISTS (SELECT 1 FROM ${t("barrier")} AS r WHERE r.execution_id = e.execution_id)
           AND ${fence}
         LIMIT ${limit} FOR UPDATE OF e SKIP LOCKED
       ), swept AS (
-        DELETE FROM ${t("execution")} AS x USING batch WHERE x.execution_id = batch.execution_id RETURNING 1
+        DELETE FROM ${t("execution")} AS x WHERE x.ctid = ANY(ARRAY(SELECT ctid FROM batch)) RETURNING 1
       )
       SELECT count(*)::int AS n FROM swept`)
 

@@ -1,10 +1,12 @@
 import { assert, describe, expect, layer } from "@effect/vitest"
 import * as PgClient from "@effect/sql-pg/PgClient"
-import { Effect, Exit, Queue as Q } from "effect"
+import { Effect, Exit, Queue as Q, Redacted } from "effect"
 import { SqlClient } from "effect/sql"
+import * as Database from "../src/Database.ts"
 import { Queue } from "../src/Queue.ts"
 import * as Wakeup from "../src/Wakeup.ts"
-import { TestSchema, testDb } from "./support.ts"
+import { migrate } from "../src/Migrations.ts"
+import { TestSchema, testDb, uniqueSchema } from "./support.ts"
 
 /** Shift a row's timestamps into the past: the server clock cannot be moved, the data can. */
 const age = (column: "visible_at" | "vt", seconds: number) =>
@@ -104,6 +106,46 @@ const queueSuite = (label: string, pgbouncer: boolean) =>
         expect(rest.acked.size).toBe(2)
         expect(rest.claimed).toEqual([])
       }))
+
+    it.effect("a backlog claimed, renewed, released and acked in batches of thousands on a drained table's statistics stays within the statement timeout", () =>
+      Effect.gen(function*() {
+        const { url } = yield* TestSchema
+        const sql = yield* SqlClient.SqlClient
+        // A schema of its own whose statistics are those of a drained queue: pages, but no live rows (what
+        // autovacuum records between bursts).
+        const schema = uniqueSchema("big_ack")
+        yield* Effect.acquireRelease(migrate(schema), () => sql.unsafe(`DROP SCHEMA "${schema}" CASCADE`).pipe(Effect.ignore))
+        const table = sql(`${schema}.message`)
+        yield* sql`INSERT INTO ${table} (queue, task, payload) SELECT 'drained', 't', '{}' FROM generate_series(1, 5000)`
+        yield* sql`DELETE FROM ${table}`
+        yield* sql`ANALYZE ${table}`
+        const rows = (queue: string) => sql`SELECT 1 FROM ${sql(`${schema}.message`)} WHERE queue = ${queue}`
+        const claim = (queue: string, limit: number) =>
+          Queue.use((q) => q.claim({ queues: [queue], limit, leaseSeconds: 30, processId: "p" }))
+        yield* Effect.gen(function*() {
+          const q = yield* Queue
+          const enqueue = (n: number) =>
+            q.enqueueMany(Array.from({ length: n }, () => ({ task: "t", payload: {}, options: { queue: "big-ack" } })))
+          // A trickle of small batches on the one connection: the server caches a generic plan for the prepared
+          // statements, planned for a small table. Then a backlog arrives and is claimed in one batch.
+          for (let i = 0; i < 10; i++) {
+            yield* enqueue(20)
+            yield* q.ackMany(yield* claim("big-ack", 10))
+            yield* q.ackAndClaim(yield* claim("big-ack", 10), { queues: ["big-ack"], limit: 10, leaseSeconds: 30, processId: "p" })
+              .pipe(Effect.flatMap(({ claimed }) => q.ackMany(claimed)))
+          }
+          yield* enqueue(8000)
+          const backlog = yield* claim("big-ack", 8000)
+          expect(backlog).toHaveLength(8000)
+          expect((yield* q.extend(backlog, 60)).size).toBe(8000)
+          expect(yield* q.release(backlog.slice(0, 4000))).toBe(4000)
+          expect((yield* q.ackMany(backlog.slice(4000))).size).toBe(4000)
+          expect(yield* rows("big-ack")).toHaveLength(4000)
+        }).pipe(
+          Effect.provide(Queue.layer({ schema, maxAttempts: 5, statementTimeoutMs: 3000 })),
+          Effect.provide(Database.layer({ url: Redacted.make(url), pgbouncer, maxConnections: 1 }))
+        )
+      }), { timeout: 60_000 })
 
     it.effect("the relaxed commit mode never leaks into a host transaction or the session", () =>
       Effect.gen(function*() {
