@@ -87,7 +87,7 @@ const SINGLE_CALLERS = 8
 const BULK_JOBS = 50_000
 const BULK_BATCH = 500
 /** The drain configurations; BENCH_DRAIN=1x10,2x10,1x50p50 to explore. */
-const DRAIN_CONFIGS: ReadonlyArray<DrainConfig> = (process.env.BENCH_DRAIN ?? "1x10,2x10,1x10p30,2x10p30").split(",")
+const DRAIN_CONFIGS: ReadonlyArray<DrainConfig> = (process.env.BENCH_DRAIN ?? "1x10,2x10,1x10p0,2x10p0").split(",")
   .map((c) => parseFleet("BENCH_DRAIN", c))
 interface FanInShape {
   readonly executions: number

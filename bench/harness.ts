@@ -92,20 +92,21 @@ export interface DrainConfig {
   readonly processes: number
   readonly forks: number
   readonly concurrency: number
-  readonly prefetch: number
+  /** PGQ_PREFETCH: "auto" (the library's default) unless the fleet says `p<n>`. */
+  readonly prefetch: number | "auto"
 }
 
-/** A fleet of plain workers: processes × concurrency [p prefetch], e.g. 1x10, 2x10, 1x50p50. */
+/** A fleet of plain workers: processes × concurrency [p prefetch, default auto], e.g. 1x10, 2x10, 1x10p0, 1x50p50. */
 export const parseFleet = (variable: string, c: string): DrainConfig => {
   const [, processes, concurrency, prefetch] = /^(\d+)x(\d+)(?:p(\d+))?$/.exec(c.trim()) ?? []
   if (processes === undefined || concurrency === undefined) throw new Error(`${variable}: cannot parse ${JSON.stringify(c)}`)
-  return { processes: Number(processes), forks: 1, concurrency: Number(concurrency), prefetch: Number(prefetch ?? 0) }
+  return { processes: Number(processes), forks: 1, concurrency: Number(concurrency), prefetch: prefetch === undefined ? "auto" : Number(prefetch) }
 }
 
-/** "2×10", "supervisor 2×10" (one worker.js at PGQ_PROCESSES=2), ", prefetch 30". */
+/** "2×10", "supervisor 2×10" (one worker.js at PGQ_PROCESSES=2), ", prefetch 30" (nothing for auto). */
 export const fleetLabel = ({ concurrency, forks, prefetch, processes }: DrainConfig) =>
   (forks === 1 ? `${processes}×${concurrency}` : `${processes === 1 ? "" : `${processes} × `}supervisor ${forks}×${concurrency}`) +
-  (prefetch > 0 ? `, prefetch ${prefetch}` : "")
+  (prefetch === "auto" ? "" : `, prefetch ${prefetch}`)
 
 /**
  * `node dist/worker.js` with the given settings; terminated when the scope closes. Started at its "started" line,

@@ -33,9 +33,9 @@ import {
 import { fmt, range, summarize } from "./support.ts"
 import { roundsFor } from "./tasks.ts"
 
-const SUPERVISOR: DrainConfig = { processes: 1, forks: 2, concurrency: 10, prefetch: 0 }
-const TWO_WORKERS: DrainConfig = { processes: 2, forks: 1, concurrency: 10, prefetch: 0 }
-const ONE_PROCESS: DrainConfig = { processes: 1, forks: 1, concurrency: 10, prefetch: 0 }
+const SUPERVISOR: DrainConfig = { processes: 1, forks: 2, concurrency: 10, prefetch: "auto" }
+const TWO_WORKERS: DrainConfig = { processes: 2, forks: 1, concurrency: 10, prefetch: "auto" }
+const ONE_PROCESS: DrainConfig = { processes: 1, forks: 1, concurrency: 10, prefetch: "auto" }
 const CPU_JOBS = 2_000
 const CPU_MS = Number(process.env.BENCH_CPU_MS ?? 5)
 
