@@ -156,15 +156,15 @@ layer(providers.pipe(Layer.provideMerge(testDb("reaper"))), { excludeTestService
       const [alive] = yield* live.execute(session.compile()[0], [], undefined)
       // heartbeat 1 s, stale 30 s; ages in seconds.
       // The session's start as the server has it (a JavaScript Date would drop its microseconds).
-      const row = (id: string, age: number, pid: number, startedBefore = "0 seconds") =>
+      const row = (id: string, age: number, pid: number, started = sql`(SELECT backend_start FROM pg_stat_activity WHERE pid = ${pid})`) =>
         sql`INSERT INTO ${processes} (process_id, kind, host, pid, heartbeat_at, heartbeat_seconds, stale_seconds, session_pid, session_start)
-            VALUES (${id}, 'worker', 'h', 1, now() - ${age} * interval '1 second', 1, 30, ${pid},
-                    coalesce((SELECT backend_start FROM pg_stat_activity WHERE pid = ${pid}), ${ended.started}) - ${startedBefore}::interval)`
+            VALUES (${id}, 'worker', 'h', 1, now() - ${age} * interval '1 second', 1, 30, ${pid}, coalesce(${started}, ${ended.started}))`
       yield* row("dead", 2.5, ended.pid)
       yield* row("dead-but-recent", 1.5, ended.pid)
       yield* row("stalled", 20, alive.pid)
-      // Its pid now belongs to another session: the witness is gone.
-      yield* row("pid-reused", 2.5, alive.pid, "1 minute")
+      // Its pid now belongs to another session (one that started later, since this server started: the witness
+      // is gone). The server may have started seconds ago (an embedded one for the test run).
+      yield* row("pid-reused", 2.5, alive.pid, sql`pg_postmaster_start_time() + interval '1 microsecond'`)
       // A session from before the server's last start says nothing about the process.
       yield* sql`INSERT INTO ${processes} (process_id, kind, host, pid, heartbeat_at, heartbeat_seconds, stale_seconds, session_pid, session_start)
                  VALUES ('before-restart', 'worker', 'h', 1, now() - interval '2.5 seconds', 1, 30, ${ended.pid},
