@@ -72,8 +72,12 @@ export const makeAcker = Effect.fnUntraced(function*(options: AckerOptions) {
   )
 
   return {
-    /** Queue the ack of a finished attempt. */
-    add: (attempt: Attempt) => giveBack([attempt]),
+    /** Queue the ack of a finished attempt (every job passes here: one synchronous step). */
+    add: (attempt: Attempt) =>
+      Effect.sync(() => {
+        Q.offerUnsafe(pending, attempt)
+        Q.offerUnsafe(waiting, undefined)
+      }),
     /** The acks that ride along with a claim about to be sent (none when acks do not ride). */
     takeForClaim: Effect.suspend(() => options.ride() ? Q.clear(pending) : Effect.succeed<ReadonlyArray<Attempt>>([])),
     /** A claim that carried acks failed: they wait for the next one, or for the fiber. */

@@ -82,24 +82,25 @@ export const makeHeldJobs = Effect.fnUntraced(function*(options: HeldJobsOptions
    * is when our process row was last confirmed: until the stale timeout after it nobody can have pruned us.
    */
   const admit = (key: string, registeredAt: Effect.Effect<number>) =>
-    Effect.gen(function*() {
+    Effect.suspend(() => {
       const entry = held.get(key)
-      if (!admitting || entry === undefined) return false
-      const age = (yield* Clock.currentTimeMillis) - Math.min(entry.confirmedAt, yield* registeredAt)
-      if (age >= trustMs) {
-        // Unconfirmable (the database is away): not started; its lease expires and it is claimed again.
-        yield* renew("await").pipe(
+      if (!admitting || entry === undefined) return Effect.succeed(false)
+      const start = Effect.suspend(() => {
+        if (!admitting || held.get(key) !== entry) return Effect.succeed(false)
+        entry.started = true
+        running++
+        return Effect.as(gauge, true)
+      })
+      // Every job passes here: the common case (a recent confirmation) is two reads and no generator.
+      return Effect.flatMap(Effect.all([Clock.currentTimeMillis, registeredAt]), ([now, registered]) =>
+        now - Math.min(entry.confirmedAt, registered) < trustMs ? start : renew("await").pipe(
+          // Unconfirmable (the database is away): not started; its lease expires and it is claimed again.
           Effect.catchCause((cause) =>
             Effect.logWarning(`job ${entry.job.msgId}: its claim could not be confirmed; not starting it`, cause)
               .pipe(Effect.andThen(Effect.sync(() => remove(key))))
-          )
-        )
-      }
-      if (!admitting || held.get(key) !== entry) return false
-      entry.started = true
-      running++
-      yield* gauge
-      return true
+          ),
+          Effect.andThen(start)
+        ))
     })
 
   return {
@@ -118,11 +119,10 @@ export const makeHeldJobs = Effect.fnUntraced(function*(options: HeldJobsOptions
     },
     admit,
     /** From here on its outcome is being written. */
-    settling: (key: string) =>
-      Effect.sync(() => {
-        const entry = held.get(key)
-        if (entry !== undefined) entry.settling = true
-      }),
+    settling: (key: string) => {
+      const entry = held.get(key)
+      if (entry !== undefined) entry.settling = true
+    },
     done: (key: string) => Effect.sync(() => remove(key)).pipe(Effect.andThen(gauge)),
     renew,
     /** Shutdown: admit nothing more; returns the jobs that never started (no longer held). */

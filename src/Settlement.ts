@@ -186,7 +186,8 @@ export const makeSettlement = <R>(options: SettlementOptions<R>) => {
   return (job: ClaimedJob, disposition: Disposition) => {
     switch (disposition._tag) {
       case "Succeeded":
-        return succeeded(job, disposition.result)
+        // Most jobs: a plain job's success is its ack.
+        return job.executionId === null ? options.ack(job) : succeeded(job, disposition.result)
       case "Skipped":
         return Effect.logInfo(`job ${job.msgId} (${job.task}) not run: ${disposition.reason}`).pipe(
           Effect.andThen(Metric.update(Metrics.barrierSkipped, 1)),

@@ -143,30 +143,27 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
   })
 
   const runJob = (key: string, job: ClaimedJob) =>
-    dispositionOf(registry, job).pipe(
-      Effect.timed,
-      Effect.map(([elapsed, disposition]) => {
+    Effect.timed(dispositionOf(registry, job)).pipe(
+      Effect.flatMap(([elapsed, disposition]) => {
         prefetch.record(Duration.toMillis(elapsed))
-        return disposition
+        held.settling(key)
+        const settled = settle(job, disposition)
+        // A plain job's success only queues its ack, which cannot fail: no retry schedule to build (most jobs).
+        return disposition._tag === "Succeeded" && job.executionId === null ? settled : Effect.retry(settled, SETTLE_RETRY)
       }),
-      Effect.tap(() => held.settling(key)),
-      Effect.flatMap((disposition) => settle(job, disposition).pipe(Effect.retry(SETTLE_RETRY))),
       Effect.catchCause((cause) => Effect.logError(`job ${job.msgId} (${job.task}): could not record its outcome`, cause)),
       Effect.annotateLogs({ msg_id: job.msgId, task: job.task, attempt: job.attempt })
     )
 
   /** Hold a claimed job and queue it for a slot. */
   const start = (job: ClaimedJob, confirmedAt: number) =>
-    Effect.gen(function*() {
+    Effect.suspend(() => {
       const key = held.hold(job, confirmedAt)
+      const finished = held.done(key).pipe(Effect.andThen(Effect.sync(() => Q.offerUnsafe(slotFreed, undefined))))
       const run = held.admit(key, registration.confirmedAt).pipe(
-        Effect.flatMap((admitted) =>
-          admitted
-            ? runJob(key, job).pipe(Effect.ensuring(held.done(key).pipe(Effect.andThen(Q.offer(slotFreed, undefined)))))
-            : Effect.void
-        )
+        Effect.flatMap((admitted) => admitted ? Effect.ensuring(runJob(key, job), finished) : Effect.void)
       )
-      held.attach(key, yield* FiberSet.run(jobs, slots.withPermits(1)(run)))
+      return Effect.map(FiberSet.run(jobs, slots.withPermits(1)(run)), (fiber) => held.attach(key, fiber))
     })
 
   /**
