@@ -54,8 +54,12 @@ export const makeAcker = Effect.fnUntraced(function*(options: AckerOptions) {
       )
     )
 
+  /** Queue acks and wake the fiber: one synchronous step (every finished job passes here). */
   const giveBack = (attempts: ReadonlyArray<Attempt>) =>
-    Q.offerAll(pending, attempts).pipe(Effect.andThen(Q.offer(waiting, undefined)), Effect.asVoid)
+    Effect.sync(() => {
+      Q.offerAllUnsafe(pending, attempts)
+      Q.offerUnsafe(waiting, undefined)
+    })
 
   const fiber = yield* Q.take(waiting).pipe(
     Effect.andThen(Effect.suspend(() => options.ride() ? Effect.sleep(ACK_GATHER) : Effect.void)),
@@ -72,12 +76,8 @@ export const makeAcker = Effect.fnUntraced(function*(options: AckerOptions) {
   )
 
   return {
-    /** Queue the ack of a finished attempt (every job passes here: one synchronous step). */
-    add: (attempt: Attempt) =>
-      Effect.sync(() => {
-        Q.offerUnsafe(pending, attempt)
-        Q.offerUnsafe(waiting, undefined)
-      }),
+    /** Queue the ack of a finished attempt. */
+    add: (attempt: Attempt) => giveBack([attempt]),
     /** The acks that ride along with a claim about to be sent (none when acks do not ride). */
     takeForClaim: Effect.suspend(() => options.ride() ? Q.clear(pending) : Effect.succeed<ReadonlyArray<Attempt>>([])),
     /** A claim that carried acks failed: they wait for the next one, or for the fiber. */

@@ -86,6 +86,13 @@ const batchOf = (job: ClaimedJob): Option.Option<BatchAttempt> =>
 
 const isCallback = (job: ClaimedJob) => job.executionId !== null && job.batchIndex === null
 
+/**
+ * A plain job (not part of a fan-out) that succeeded: recording it only queues its ack, which cannot fail, so
+ * it needs no retry (most jobs take this path).
+ */
+export const isPlainSuccess = (job: ClaimedJob, disposition: Disposition): boolean =>
+  disposition._tag === "Succeeded" && job.executionId === null
+
 export const makeSettlement = <R>(options: SettlementOptions<R>) => {
   const { barrier, queue } = options
 
@@ -186,8 +193,7 @@ export const makeSettlement = <R>(options: SettlementOptions<R>) => {
   return (job: ClaimedJob, disposition: Disposition) => {
     switch (disposition._tag) {
       case "Succeeded":
-        // Most jobs: a plain job's success is its ack.
-        return job.executionId === null ? options.ack(job) : succeeded(job, disposition.result)
+        return isPlainSuccess(job, disposition) ? options.ack(job) : succeeded(job, disposition.result)
       case "Skipped":
         return Effect.logInfo(`job ${job.msgId} (${job.task}) not run: ${disposition.reason}`).pipe(
           Effect.andThen(Metric.update(Metrics.barrierSkipped, 1)),

@@ -21,7 +21,7 @@ import { makeAcker } from "./Acker.ts"
 import { makeHeldJobs } from "./HeldJobs.ts"
 import { type Attempt, type ClaimedJob, Queue } from "./Queue.ts"
 import * as Wakeup from "./Wakeup.ts"
-import { dispositionOf, makeSettlement, SETTLE_RETRY } from "./Settlement.ts"
+import { dispositionOf, isPlainSuccess, makeSettlement, SETTLE_RETRY } from "./Settlement.ts"
 import { makePrefetch } from "./Prefetch.ts"
 import type { TaskRegistry } from "./Task.ts"
 
@@ -148,8 +148,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
         prefetch.record(Duration.toMillis(elapsed))
         held.settling(key)
         const settled = settle(job, disposition)
-        // A plain job's success only queues its ack, which cannot fail: no retry schedule to build (most jobs).
-        return disposition._tag === "Succeeded" && job.executionId === null ? settled : Effect.retry(settled, SETTLE_RETRY)
+        return isPlainSuccess(job, disposition) ? settled : Effect.retry(settled, SETTLE_RETRY)
       }),
       Effect.catchCause((cause) => Effect.logError(`job ${job.msgId} (${job.task}): could not record its outcome`, cause)),
       Effect.annotateLogs({ msg_id: job.msgId, task: job.task, attempt: job.attempt })
