@@ -5,18 +5,7 @@
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Schema } from "effect"
 import * as Task from "../src/Task.ts"
-
-const job: Task.JobContext = {
-  msgId: "1",
-  task: "t",
-  queue: "q",
-  attempt: 1,
-  maxAttempts: 5,
-  orgId: "",
-  enqueuedAt: new Date(0),
-  executionId: null,
-  batchIndex: null
-}
+import { jobContext as job } from "./support.ts"
 
 const failingWith = (error: unknown, onFailure?: (error: unknown) => Task.FailureAction) =>
   Task.define({

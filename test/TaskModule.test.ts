@@ -13,19 +13,7 @@ import { join } from "node:path"
 import ts from "typescript"
 import { InvalidConfig } from "../src/Errors.ts"
 import * as Task from "../src/Task.ts"
-import { testDb } from "./support.ts"
-
-const job: Task.JobContext = {
-  msgId: "1",
-  task: "t",
-  queue: "q",
-  attempt: 1,
-  maxAttempts: 5,
-  orgId: "",
-  enqueuedAt: new Date(0),
-  executionId: null,
-  batchIndex: null
-}
+import { jobContext as job, testDb } from "./support.ts"
 
 class Mailer extends Context.Service<Mailer, { readonly send: (to: string) => Effect.Effect<string> }>()("test/Mailer") {}
 

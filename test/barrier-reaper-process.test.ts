@@ -9,32 +9,17 @@ import { expect, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import { SqlClient } from "effect/sql"
 import { createServer } from "node:http"
-import { eventually, freePort, httpGet, type Spawned, spawnNode } from "./processes.ts"
+import { eventually, httpGet, type Replica, startReaper } from "./processes.ts"
 import { TestSchema, testDb } from "./support.ts"
 
 const LEASE = 2
 const INTERVAL = 0.5
 const STRANDED = 300
 
-interface Replica {
-  readonly process: Spawned
-  readonly port: number
-}
-
 const startReplica = (env: Readonly<Record<string, string>> = {}) =>
-  Effect.gen(function*() {
-    const { schema, url } = yield* TestSchema
-    const port = yield* freePort
-    const process = yield* spawnNode("reaper.js", {
-      DATABASE_URL: url,
-      PGQ_SCHEMA: schema,
-      PGQ_LEASE_SECONDS: String(LEASE),
-      PGQ_REAPER_INTERVAL_SECONDS: String(INTERVAL),
-      PGQ_HEALTH_PORT: String(port),
-      ...env
-    })
-    return { process, port } satisfies Replica
-  })
+  TestSchema.use((db) =>
+    startReaper(db, { PGQ_LEASE_SECONDS: String(LEASE), PGQ_REAPER_INTERVAL_SECONDS: String(INTERVAL), ...env })
+  )
 
 /**
  * The host's status service (the README's REST contract) over an in-memory map: GET answers the status or

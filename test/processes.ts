@@ -51,6 +51,25 @@ export const freePort = Effect.callback<number>((resume) => {
   })
 })
 
+/** A `dist/reaper.js` replica and the port of its /health. */
+export interface Replica {
+  readonly process: Spawned
+  readonly port: number
+}
+
+/** Start a `dist/reaper.js` replica on the test's schema, serving /health on a free port; killed with the scope. */
+export const startReaper = (db: { readonly url: string; readonly schema: string }, env: Readonly<Record<string, string>>) =>
+  Effect.gen(function*() {
+    const port = yield* freePort
+    const process = yield* spawnNode("reaper.js", {
+      DATABASE_URL: db.url,
+      PGQ_SCHEMA: db.schema,
+      PGQ_HEALTH_PORT: String(port),
+      ...env
+    })
+    return { process, port } satisfies Replica
+  })
+
 export interface HttpReply {
   readonly status: number
   readonly body: string

@@ -1,29 +1,15 @@
 import { expect, layer } from "@effect/vitest"
 import { Clock, Effect } from "effect"
 import { SqlClient } from "effect/sql"
-import { eventually, freePort, httpGet, type Spawned, spawnNode } from "./processes.ts"
+import { eventually, httpGet, type Replica, startReaper } from "./processes.ts"
 import { TestSchema, testDb } from "./support.ts"
 
 const LEASE = 2
 const INTERVAL = 0.5
 
-interface Replica {
-  readonly process: Spawned
-  readonly port: number
-}
-
-const startReplica = Effect.gen(function*() {
-  const { schema, url } = yield* TestSchema
-  const port = yield* freePort
-  const process = yield* spawnNode("reaper.js", {
-    DATABASE_URL: url,
-    PGQ_SCHEMA: schema,
-    PGQ_LEASE_SECONDS: String(LEASE),
-    PGQ_REAPER_INTERVAL_SECONDS: String(INTERVAL),
-    PGQ_HEALTH_PORT: String(port)
-  })
-  return { process, port } satisfies Replica
-})
+const startReplica = TestSchema.use((db) =>
+  startReaper(db, { PGQ_LEASE_SECONDS: String(LEASE), PGQ_REAPER_INTERVAL_SECONDS: String(INTERVAL) })
+)
 
 const health = (replica: Replica) =>
   httpGet(`http://127.0.0.1:${replica.port}/health`).pipe(

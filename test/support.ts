@@ -100,6 +100,19 @@ export const options = (schema: string, queue: string, overrides: Partial<Worker
   ...overrides
 })
 
+/** What a handler is told about its job, for tests that run `Task.execute` directly. */
+export const jobContext: Task.JobContext = {
+  msgId: "1",
+  task: "t",
+  queue: "q",
+  attempt: 1,
+  maxAttempts: 5,
+  orgId: "",
+  enqueuedAt: new Date(0),
+  executionId: null,
+  batchIndex: null
+}
+
 /** Run a worker for the duration of `body`, in a scope of its own. */
 export const withWorker = <R, A, E, R2>(
   registry: Task.TaskRegistry<R>,
