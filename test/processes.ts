@@ -5,8 +5,9 @@
 import { Deferred, Effect, Schedule } from "effect"
 import { SqlClient } from "effect/sql"
 import { type ChildProcess, spawn } from "node:child_process"
-import { createServer } from "node:net"
 import { chaosTables } from "../bench/chaos-tasks.ts"
+/** A port free on 127.0.0.1 right now (the bench's helper). */
+import { freePort } from "../bench/support.ts"
 
 export interface Spawned {
   readonly child: ChildProcess
@@ -42,14 +43,7 @@ export const spawnNode = (
         : Effect.void
   )
 
-export const freePort = Effect.callback<number>((resume) => {
-  const server = createServer()
-  server.listen(0, "127.0.0.1", () => {
-    const address = server.address()
-    const port = typeof address === "object" && address !== null ? address.port : 0
-    server.close(() => resume(Effect.succeed(port)))
-  })
-})
+export { freePort }
 
 /** A `dist/reaper.js` replica and the port of its /health. */
 export interface Replica {
