@@ -28,19 +28,23 @@ export interface HeldJobsOptions {
 export const makeHeldJobs = Effect.fnUntraced(function*(options: HeldJobsOptions) {
   const queue = yield* Queue
   const scope = yield* Effect.scope
+  // Every job passes through admit and done: they read the clock and set the gauge synchronously.
+  const clock = yield* Clock.Clock
+  const context = yield* Effect.context<never>()
   const held = new Map<string, Held>()
   let admitting = true
   /** How many held attempts have started: kept as a count, every admit and every done reads it. */
   let running = 0
+  const gauge = () => Metrics.inFlight.updateUnsafe(running, context)
   const remove = (key: string) => {
     const entry = held.get(key)
     if (entry === undefined) return
-    if (entry.started) running--
     held.delete(key)
+    if (entry.started) {
+      running--
+      gauge()
+    }
   }
-
-  const started = () => running
-  const gauge = Effect.suspend(() => Metric.update(Metrics.inFlight, running))
 
   /**
    * Find out which held attempts are still ours: a prefetched attempt that is not is dropped, a running one
@@ -53,7 +57,7 @@ export const makeHeldJobs = Effect.fnUntraced(function*(options: HeldJobsOptions
     Effect.gen(function*() {
       const entries = [...held.entries()].filter(([, h]) => !h.settling)
       if (entries.length === 0) return
-      const sentAt = yield* Clock.currentTimeMillis
+      const sentAt = clock.currentTimeMillisUnsafe()
       const renewed = yield* queue.extend(entries.map(([, h]) => h.job), options.leaseSeconds)
       for (const [, h] of entries) if (renewed.has(h.job.token)) h.confirmedAt = sentAt
       const lost = entries.filter(([key, h]) => !renewed.has(h.job.token) && held.get(key) === h && !h.settling)
@@ -67,7 +71,6 @@ export const makeHeldJobs = Effect.fnUntraced(function*(options: HeldJobsOptions
       const fibers = lost.flatMap(([, h]) => h.fiber === undefined ? [] : [h.fiber])
       const interrupt = Effect.forEach(fibers, Fiber.interrupt, { concurrency: "unbounded", discard: true })
       yield* stops === "await" ? interrupt : Effect.forkIn(interrupt, scope)
-      yield* gauge
     })
 
   /**
@@ -77,42 +80,49 @@ export const makeHeldJobs = Effect.fnUntraced(function*(options: HeldJobsOptions
    */
   const trustMs = (Math.min(options.leaseSeconds, options.processStaleSeconds) * 1000 * 2) / 3
 
+  /** Mark the job started, unless admission stopped (shutdown) or the attempt is no longer ours. */
+  const start = (key: string, entry: Held) => {
+    if (!admitting || held.get(key) !== entry) return false
+    entry.started = true
+    running++
+    gauge()
+    return true
+  }
+
   /**
-   * Mark the job started, unless admission stopped (shutdown) or the attempt is no longer ours. `registeredAt`
-   * is when our process row was last confirmed: until the stale timeout after it nobody can have pruned us.
+   * Start the job if its claim is recently confirmed; after a stall, confirm it first. `registeredAt` is when
+   * our process row was last confirmed: until the stale timeout after it nobody can have pruned us.
    */
-  const admit = (key: string, registeredAt: Effect.Effect<number>) =>
+  const admit = (key: string, registeredAt: () => number): Effect.Effect<boolean> =>
     Effect.suspend(() => {
       const entry = held.get(key)
       if (!admitting || entry === undefined) return Effect.succeed(false)
-      const start = Effect.suspend(() => {
-        if (!admitting || held.get(key) !== entry) return Effect.succeed(false)
-        entry.started = true
-        running++
-        return Effect.as(gauge, true)
-      })
-      // Every job passes here: the common case (a recent confirmation) is two reads and no generator.
-      return Effect.flatMap(Effect.all([Clock.currentTimeMillis, registeredAt]), ([now, registered]) =>
-        now - Math.min(entry.confirmedAt, registered) < trustMs ? start : renew("await").pipe(
-          // Unconfirmable (the database is away): not started; its lease expires and it is claimed again.
-          Effect.catchCause((cause) =>
-            Effect.logWarning(`job ${entry.job.msgId}: its claim could not be confirmed; not starting it`, cause)
-              .pipe(Effect.andThen(Effect.sync(() => remove(key))))
-          ),
-          Effect.andThen(start)
-        ))
+      // Every job passes here: the common case (a recent confirmation) is synchronous.
+      if (clock.currentTimeMillisUnsafe() - Math.min(entry.confirmedAt, registeredAt()) < trustMs) {
+        return Effect.succeed(start(key, entry))
+      }
+      return renew("await").pipe(
+        // Unconfirmable (the database is away): not started; its lease expires and it is claimed again.
+        Effect.catchCause((cause) =>
+          Effect.logWarning(`job ${entry.job.msgId}: its claim could not be confirmed; not starting it`, cause)
+            .pipe(Effect.andThen(Effect.sync(() => remove(key))))
+        ),
+        Effect.andThen(Effect.sync(() => start(key, entry)))
+      )
     })
 
   return {
     size: () => held.size,
-    started,
+    started: () => running,
+    /** Still held: not finished, not lost, not handed back. */
+    has: (key: string) => held.has(key),
     /** Hold a claimed job; returns its key. */
     hold: (job: ClaimedJob, confirmedAt: number) => {
       const key = attemptKey(job)
       held.set(key, { job, confirmedAt, started: false, settling: false, fiber: undefined })
       return key
     },
-    /** The fiber that will run it, so a lost attempt can be interrupted. */
+    /** The fiber that runs it, so a lost attempt can be interrupted. */
     attach: (key: string, fiber: Fiber.Fiber<void>) => {
       const entry = held.get(key)
       if (entry !== undefined) entry.fiber = fiber
@@ -123,7 +133,8 @@ export const makeHeldJobs = Effect.fnUntraced(function*(options: HeldJobsOptions
       const entry = held.get(key)
       if (entry !== undefined) entry.settling = true
     },
-    done: (key: string) => Effect.sync(() => remove(key)).pipe(Effect.andThen(gauge)),
+    /** It ended (settled, lost or never started). */
+    done: remove,
     renew,
     /** Shutdown: admit nothing more; returns the jobs that never started (no longer held). */
     stopAdmitting: Effect.sync(() => {
@@ -136,3 +147,5 @@ export const makeHeldJobs = Effect.fnUntraced(function*(options: HeldJobsOptions
     unfinished: Effect.sync(() => [...held.values()].map((h) => h.job))
   }
 })
+
+export type HeldJobs = Effect.Success<ReturnType<typeof makeHeldJobs>>

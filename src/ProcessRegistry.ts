@@ -45,9 +45,10 @@ export interface Registered {
   readonly heartbeat: Effect.Effect<boolean, unknown>
   /**
    * When (local clock, at sending) the last heartbeat that found our row was sent. Until `staleSeconds`
-   * after it, no pruner can have presumed us dead: the server's heartbeat_at is at least that recent.
+   * after it, no pruner can have presumed us dead: the server's heartbeat_at is at least that recent. A plain
+   * read: every job's admission asks.
    */
-  readonly confirmedAt: Effect.Effect<number>
+  readonly confirmedAt: () => number
 }
 
 /**
@@ -152,7 +153,7 @@ export const makeProcessRegistry = Effect.fnUntraced(function*(schema: string, o
       Effect.delay(every),
       Effect.forkScoped
     )
-    return { processId, heartbeat, confirmedAt: Ref.get(confirmedAt) } satisfies Registered
+    return { processId, heartbeat, confirmedAt: () => Ref.getUnsafe(confirmedAt) } satisfies Registered
   })
 
   /**

@@ -9,7 +9,7 @@
  * is interrupted; after a stall long enough to get it pruned it claims nothing until it has found out which
  * attempts it lost.
  */
-import { Clock, Context, Duration, Effect, Fiber, FiberSet, Layer, Metric, Option, Queue as Q, Ref, Schedule, Semaphore } from "effect"
+import { Clock, Context, Duration, Effect, Fiber, FiberSet, Layer, Metric, Option, Queue as Q, Ref, Schedule } from "effect"
 import type { SqlClient } from "effect/sql"
 import type { PgqSettings } from "./Config.ts"
 import { Barrier } from "./Barrier.ts"
@@ -19,6 +19,7 @@ import * as Metrics from "./Metrics.ts"
 import { ProcessRegistry } from "./ProcessRegistry.ts"
 import { makeAcker } from "./Acker.ts"
 import { makeHeldJobs } from "./HeldJobs.ts"
+import { makeSlots } from "./Slots.ts"
 import { type Attempt, type ClaimedJob, Queue } from "./Queue.ts"
 import * as Wakeup from "./Wakeup.ts"
 import { dispositionOf, isPlainSuccess, makeSettlement, SETTLE_RETRY } from "./Settlement.ts"
@@ -108,13 +109,11 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
 
   const prefetch = makePrefetch(options.prefetch ?? "auto", options.concurrency)
   const statementTimeout = Duration.millis(options.statementTimeoutMs ?? 10_000)
-  const slots = yield* Semaphore.make(options.concurrency)
   const lastPollAt = yield* Ref.make(yield* Clock.currentTimeMillis)
   const polls = yield* Ref.make(0)
   const slotFreed = yield* Q.sliding<void>(1)
   const wakeups = yield* Q.sliding<void>(1)
   const listening = yield* Ref.make(false)
-  const jobs = yield* FiberSet.make<void>()
   /** Batch completions under way: the job's slot is already free, the statement still to come. */
   const completions = yield* FiberSet.make<void>()
   const held = yield* makeHeldJobs(options)
@@ -142,28 +141,29 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
     background: (completion) => FiberSet.run(completions, completion).pipe(Effect.asVoid)
   })
 
+  const clock = yield* Clock.Clock
+  /** Run an admitted job and record its outcome; its handler time sizes the prefetch. */
   const runJob = (key: string, job: ClaimedJob) =>
-    Effect.timed(dispositionOf(registry, job)).pipe(
-      Effect.flatMap(([elapsed, disposition]) => {
-        prefetch.record(Duration.toMillis(elapsed))
+    Effect.suspend(() => {
+      const began = clock.currentTimeMillisUnsafe()
+      return Effect.flatMap(dispositionOf(registry, job), (disposition) => {
+        prefetch.record(clock.currentTimeMillisUnsafe() - began)
         held.settling(key)
         const settled = settle(job, disposition)
         return isPlainSuccess(job, disposition) ? settled : Effect.retry(settled, SETTLE_RETRY)
-      }),
+      })
+    }).pipe(
       Effect.catchCause((cause) => Effect.logError(`job ${job.msgId} (${job.task}): could not record its outcome`, cause)),
       Effect.annotateLogs({ msg_id: job.msgId, task: job.task, attempt: job.attempt })
     )
 
-  /** Hold a claimed job and queue it for a slot. */
-  const start = (job: ClaimedJob, confirmedAt: number) =>
-    Effect.suspend(() => {
-      const key = held.hold(job, confirmedAt)
-      const finished = held.done(key).pipe(Effect.andThen(Effect.sync(() => Q.offerUnsafe(slotFreed, undefined))))
-      const run = held.admit(key, registration.confirmedAt).pipe(
-        Effect.flatMap((admitted) => admitted ? Effect.ensuring(runJob(key, job), finished) : Effect.void)
-      )
-      return Effect.map(FiberSet.run(jobs, slots.withPermits(1)(run)), (fiber) => held.attach(key, fiber))
-    })
+  const slots = yield* makeSlots({
+    concurrency: options.concurrency,
+    held,
+    registeredAt: registration.confirmedAt,
+    run: runJob,
+    freed: () => Q.offerUnsafe(slotFreed, undefined)
+  })
 
   /**
    * Room for the next claim. With a prefetch buffer, claim again only once it is half empty, so claims
@@ -187,7 +187,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
         .pipe(Effect.timed, Effect.onError(() => acker.giveBack(toAck)))
       yield* acker.record(toAck, result.acked)
       yield* Metric.update(Metrics.claimLatency, Duration.toSeconds(elapsed))
-      yield* Effect.forEach(result.claimed, (job) => start(job, sentAt), { discard: true })
+      slots.offer(result.claimed.map((job) => ({ key: held.hold(job, sentAt), job })))
       return result
     }).pipe(Effect.uninterruptible)
 
@@ -269,11 +269,11 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
     Effect.gen(function*() {
       yield* Fiber.interrupt(poller)
       yield* handBackWaiting.pipe(Effect.timeout(statementTimeout), Effect.ignore)
-      const drained = yield* FiberSet.awaitEmpty(jobs).pipe(
+      const drained = yield* slots.awaitEmpty.pipe(
         Effect.timeoutOption(Duration.seconds(options.shutdownGraceSeconds))
       )
       const unfinished = yield* held.unfinished
-      if (Option.isNone(drained)) yield* FiberSet.clear(jobs)
+      if (Option.isNone(drained)) yield* slots.interruptAll
       const completed = yield* FiberSet.awaitEmpty(completions).pipe(Effect.timeoutOption(statementTimeout))
       const acked = yield* acker.stop
       // A completion or an ack not written: release only what never finished (a finished batch whose
