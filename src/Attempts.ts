@@ -65,6 +65,10 @@ export type DeferResult = "deferred" | "dead-lettered" | "stale"
 
 export type FailResult = "retried" | "dead-lettered" | "stale"
 
+interface Tokens {
+  readonly tokens: ReadonlyArray<string>
+}
+
 interface ClaimRow {
   readonly msg_id: string
   readonly claim_token: string
@@ -100,6 +104,13 @@ const toClaimed = (row: ClaimRow): ClaimedJob => ({
 export const makeAttempts = (statements: Statements) => {
   const { sql, message, deadLetterTable, processTable, barrierTable, lockedAttempts, relaxedCommit, bounded } = statements
 
+  /**
+   * The claim tokens of a relation of changed rows, as one array column `tokens`: one row to build, send and
+   * decode instead of a row per attempt.
+   */
+  const tokensOf = (changed: Statement.Fragment) =>
+    sql`(SELECT coalesce(array_agg(claim_token::text), '{}') FROM ${changed}) AS tokens`
+
   /** Delete (complete) the rows of still-current attempts, returning their msg_id: the ack. */
   const deleteAttempts = (attempts: ReadonlyArray<Attempt>) =>
     sql`DELETE FROM ${message} AS m WHERE m.ctid = ANY(ARRAY(${lockedAttempts(attempts)}))
@@ -123,8 +134,10 @@ export const makeAttempts = (statements: Statements) => {
     const registered = options.registered === true
       ? sql`EXISTS (SELECT 1 FROM ${processTable} WHERE process_id = ${options.processId})`
       : sql`TRUE`
-    const rows = yield* sql<ClaimRow & { readonly kind: "job" | "ack" | "unregistered" }>`
-      WITH acked AS (${deleteAttempts(acks)}), registered AS (SELECT ${registered} AS ok), locked AS (
+    // The claimed jobs, and one more row with what was acked (one array, not a row per ack: half the rows
+    // to build, send and decode) and whether we are registered.
+    const rows = yield* sql<ClaimRow & { readonly kind: "job" | "meta"; readonly tokens: ReadonlyArray<string>; readonly ok: boolean }>`
+      WITH acked AS (${deleteAttempts(acks)}), registered AS (SELECT ${registered} AS ok ${relaxed}), locked AS (
         SELECT c.ctid FROM unnest(${[...new Set(options.queues)]}::text[]) AS q(name)
         CROSS JOIN LATERAL (
           SELECT ctid, msg_id, priority FROM ${message}
@@ -145,23 +158,23 @@ export const makeAttempts = (statements: Statements) => {
                   m.enqueued_at, m.execution_id, m.batch_index,
                   (m.batch_index IS NULL OR EXISTS (
                     SELECT 1 FROM ${barrierTable} b WHERE b.execution_id = m.execution_id)) AS barrier_live
-      ), answer AS (
+      )
+      SELECT kind, msg_id::text AS msg_id, claim_token::text AS claim_token, queue, task, payload, org_id, priority,
+             read_ct, max_attempts, enqueued_at, execution_id, batch_index, barrier_live, tokens, ok
+      FROM (
         SELECT 'job' AS kind, msg_id, claim_token, queue, task, payload, org_id, priority, read_ct, max_attempts,
-               enqueued_at, execution_id, batch_index, barrier_live
+               enqueued_at, execution_id, batch_index, barrier_live, NULL::text[] AS tokens, NULL::boolean AS ok
         FROM claimed
         UNION ALL
-        SELECT 'ack', msg_id, claim_token, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM acked
-        UNION ALL
-        SELECT 'unregistered', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-        FROM registered WHERE NOT ok
-      )
-      SELECT kind, msg_id::text AS msg_id, claim_token::text AS claim_token, queue, task, payload, org_id, priority, read_ct, max_attempts,
-             enqueued_at, execution_id, batch_index, barrier_live ${relaxed}
-      FROM answer ORDER BY kind DESC, priority DESC, answer.msg_id`
+        SELECT 'meta', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+               ${tokensOf(sql`acked`)}, (SELECT ok FROM registered)
+      ) AS answer
+      ORDER BY kind, priority DESC, answer.msg_id`
+    const meta = rows[rows.length - 1]!
     return {
-      acked: new Set(rows.filter((r) => r.kind === "ack").map((r) => r.claim_token)),
-      claimed: rows.filter((r) => r.kind === "job").map(toClaimed),
-      unregistered: rows.some((r) => r.kind === "unregistered")
+      acked: new Set(meta.tokens),
+      claimed: rows.slice(0, -1).map(toClaimed),
+      unregistered: !meta.ok
     }
   }, (effect) => bounded(effect))
 
@@ -171,23 +184,23 @@ export const makeAttempts = (statements: Statements) => {
   /** Push the lease of still-held attempts forward; returns the claim tokens of the attempts still ours. */
   const extend = Effect.fn("Queue.extend")(function*(attempts: ReadonlyArray<Attempt>, leaseSeconds: number) {
     if (attempts.length === 0) return new Set<string>()
-    const rows = yield* sql<{ token: string }>`
+    const rows = yield* sql<Tokens>`
       WITH extended AS (
         UPDATE ${message} AS m SET vt = now() + ${leaseSeconds} * interval '1 second'
         WHERE m.ctid = ANY(ARRAY(${lockedAttempts(attempts)}))
         RETURNING m.claim_token
       )
-      SELECT claim_token::text AS token ${yield* relaxedCommit} FROM extended`
-    return new Set(rows.map((r) => r.token))
+      SELECT ${tokensOf(sql`extended`)} ${yield* relaxedCommit}`
+    return new Set(rows[0]!.tokens)
   }, (effect) => bounded(effect))
 
   /** Complete attempts (delete their rows); returns the claim tokens of the attempts actually acked. */
   const ackMany = Effect.fn("Queue.ackMany")(function*(attempts: ReadonlyArray<Attempt>) {
     if (attempts.length === 0) return new Set<string>()
-    const rows = yield* sql<{ token: string }>`
+    const rows = yield* sql<Tokens>`
       WITH acked AS (${deleteAttempts(attempts)})
-      SELECT claim_token::text AS token ${yield* relaxedCommit} FROM acked`
-    return new Set(rows.map((r) => r.token))
+      SELECT ${tokensOf(sql`acked`)} ${yield* relaxedCommit}`
+    return new Set(rows[0]!.tokens)
   }, (effect) => bounded(effect))
 
   const ack = (attempt: Attempt) => ackMany([attempt]).pipe(Effect.map((acked) => acked.has(attempt.token)))
