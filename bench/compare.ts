@@ -25,7 +25,7 @@
  *
  * BENCH_ONLY=single,bulk,drain,latency,rescue picks scenarios; BENCH_PROFILES=ours,ours-recommended,pg-boss,
  * pg-boss-best,graphile-worker,graphile-worker-best picks profiles; BENCH_FLEETS=1x10,2x10 the drain fleets;
- * BENCH_RECOMMENDED=PGQ_PREFETCH=500 our recommended settings (for a fleet of short jobs only).
+ * BENCH_RECOMMENDED=PGQ_PREFETCH=1000 our recommended settings (for a fleet of short jobs only).
  */
 import { Console, Deferred, Duration, Effect, Fiber, Layer, Redacted, Schedule } from "effect"
 import { SqlClient } from "effect/sql"
@@ -91,7 +91,7 @@ const RESCUE_JOBS = 50
 const RESCUE_LIMIT_SECONDS = Number(process.env.BENCH_RESCUE_LIMIT_SECONDS ?? 30)
 /** The settings we recommend (README: PGQ_PREFETCH at 2–3 × PGQ_CONCURRENCY for many short jobs). */
 const RECOMMENDED: Record<string, string> = Object.fromEntries(
-  (process.env.BENCH_RECOMMENDED ?? "PGQ_PREFETCH=500").split(",").filter((kv) => kv.includes("=")).map((kv) => {
+  (process.env.BENCH_RECOMMENDED ?? "PGQ_PREFETCH=1000").split(",").filter((kv) => kv.includes("=")).map((kv) => {
     const i = kv.indexOf("=")
     return [kv.slice(0, i).trim(), kv.slice(i + 1).trim()]
   })
