@@ -474,6 +474,43 @@ layer(testDb("worker", { maxConnections: 12 }), { excludeTestServices: true })("
       expect(ranAfter).toBeLessThan(backlog / 2)
     }), { timeout: 60_000 })
 
+  it.effect("a backlog of synchronous jobs is run in short turns: other fibers (heartbeats, renewals) still run", () =>
+    Effect.gen(function*() {
+      // Each job blocks the event loop for 2 ms; 300 of them held at once would block it for 600 ms in one go.
+      const spin = Task.define({
+        name: "spin",
+        payload: Schema.Struct({}),
+        handler: () =>
+          Effect.sync(() => {
+            const until = performance.now() + 2
+            while (performance.now() < until) {
+              // busy: a synchronous handler
+            }
+          })
+      })
+      const q = yield* Queue
+      yield* q.enqueueMany(Array.from({ length: 300 }, () => ({ task: "spin", payload: {}, options: { queue: "spin" } })))
+      const gaps: Array<number> = []
+      let last = performance.now()
+      const ticker = yield* Effect.sleep("1 millis").pipe(
+        Effect.andThen(Effect.sync(() => {
+          const now = performance.now()
+          gaps.push(now - last)
+          last = now
+        })),
+        Effect.forever,
+        Effect.forkChild
+      )
+      yield* withWorker(
+        Task.registry(spin),
+        (s) => options(s, "spin", { concurrency: 10, prefetch: 300 }),
+        eventually(rows("queue = 'spin'"), (r) => r.length === 0)
+      )
+      yield* Fiber.interrupt(ticker)
+      // A turn ends after ~2 ms and the job running then; 100 ms leaves room for a slow machine, not for 600 ms.
+      expect(Math.max(...gaps)).toBeLessThan(100)
+    }), { timeout: 30_000 })
+
   it.effect("the in-flight gauge counts the jobs running now", () =>
     Effect.gen(function*() {
       const gate = yield* Deferred.make<void>()
