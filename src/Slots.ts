@@ -6,7 +6,7 @@
  * slot — not queued on a semaphore: with hundreds of jobs prefetched, every release of a semaphore permit
  * walks all of its waiters, and every waiting job is a parked fiber.
  */
-import { Effect, FiberSet, Queue as Q } from "effect"
+import { Effect, Fiber, Queue as Q } from "effect"
 import type { ClaimedJob } from "./Queue.ts"
 import type { HeldJobs } from "./HeldJobs.ts"
 
@@ -30,36 +30,28 @@ export interface SlotsOptions<R> {
 
 export const makeSlots = Effect.fnUntraced(function*<R>(options: SlotsOptions<R>) {
   const { held } = options
-  const fibers = yield* FiberSet.make<void>()
-  const launch = yield* FiberSet.runtime(fibers)<R>()
+  // Each job is a root fiber of its own, watched by a plain exit callback: no fiber set, no finalizer effect.
+  const launch = Effect.runForkWith(yield* Effect.context<R>())
   /** Held jobs waiting for a slot, oldest first (from `head`). */
   let waiting: Array<{ readonly key: string; readonly job: ClaimedJob } | undefined> = []
   let head = 0
-  /** Fibers launched and not yet ended: the slots in use. */
-  let active = 0
+  /** The fibers of the jobs launched and not yet ended: the slots in use. */
+  const running = new Set<Fiber.Fiber<void>>()
   let pumping = false
   /** Wakes the starter: jobs wait and a turn of their own should start them. */
   const more = yield* Q.sliding<void>(1)
-
-  const ended = (key: string) => {
-    held.done(key)
-    active--
-    options.freed()
-    pump()
-  }
+  /** Offered when the last running job ends. */
+  const idle = yield* Q.sliding<void>(1)
 
   const fiberOf = (key: string, job: ClaimedJob) =>
-    held.admit(key, options.registeredAt).pipe(
-      Effect.flatMap((admitted) => admitted ? options.run(key, job) : Effect.void),
-      Effect.onExit(() => Effect.sync(() => ended(key)))
-    )
+    Effect.flatMap(held.admit(key, options.registeredAt), (admitted) => admitted ? options.run(key, job) : Effect.void)
 
   /** Start waiting jobs while slots are free. Re-entered from a job that ends inside it: the loop goes on. */
   const pump = () => {
     if (pumping) return
     pumping = true
     const began = performance.now()
-    while (active < options.concurrency && head < waiting.length) {
+    while (running.size < options.concurrency && head < waiting.length) {
       if (performance.now() - began > PUMP_BUDGET_MS) {
         Q.offerUnsafe(more, undefined)
         break
@@ -68,8 +60,17 @@ export const makeSlots = Effect.fnUntraced(function*<R>(options: SlotsOptions<R>
       waiting[head++] = undefined
       // Dropped meanwhile: handed back at shutdown, or found lost by a renewal.
       if (!held.has(next.key)) continue
-      active++
-      held.attach(next.key, launch(fiberOf(next.key, next.job)))
+      const fiber = launch(fiberOf(next.key, next.job))
+      running.add(fiber)
+      held.attach(next.key, fiber)
+      // Called at once when the job already ended (a synchronous handler).
+      fiber.addObserver(() => {
+        running.delete(fiber)
+        held.done(next.key)
+        if (running.size === 0) Q.offerUnsafe(idle, undefined)
+        options.freed()
+        pump()
+      })
     }
     if (head === waiting.length) {
       waiting = []
@@ -78,7 +79,9 @@ export const makeSlots = Effect.fnUntraced(function*<R>(options: SlotsOptions<R>
     pumping = false
   }
 
+  const interruptAll = Effect.suspend(() => Fiber.interruptAll([...running]))
   yield* Q.take(more).pipe(Effect.andThen(Effect.sync(pump)), Effect.forever, Effect.forkScoped)
+  yield* Effect.addFinalizer(() => interruptAll)
 
   return {
     /** Queue held jobs for a slot; the starter's next turn starts what fits. */
@@ -87,8 +90,10 @@ export const makeSlots = Effect.fnUntraced(function*<R>(options: SlotsOptions<R>
       Q.offerUnsafe(more, undefined)
     },
     /** Every launched job has ended. */
-    awaitEmpty: FiberSet.awaitEmpty(fibers),
-    /** Interrupt the jobs still running. */
-    interruptAll: FiberSet.clear(fibers)
+    awaitEmpty: Effect.suspend(() => running.size === 0 ? Effect.void : Q.take(idle)).pipe(
+      Effect.repeat({ until: () => running.size === 0 })
+    ),
+    /** Interrupt the jobs still running (and wait for them to stop). */
+    interruptAll
   }
 })
