@@ -15,7 +15,7 @@
  * crash), and a stall is still judged by the stale timeout alone. Not behind PgBouncer's transaction
  * pooling, where a client has no session of its own.
  */
-import { Clock, Context, Duration, Effect, Exit, Layer, Option, Ref, Schedule, Scope, Semaphore } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Exit, Layer, Option, Ref, Schedule, Scope, Semaphore } from "effect"
 import { SqlClient, type SqlConnection, type SqlError, type Statement } from "effect/sql"
 import { hostname } from "node:os"
 import { workerId } from "./LeaderLease.ts"
@@ -147,8 +147,15 @@ export const makeProcessRegistry = Effect.fnUntraced(function*(schema: string, o
       )
     )
     const every = Duration.millis(registration.every * 1000)
+    // A failed beat (the database away, our sessions killed) is tried again within a quarter period, not a
+    // whole period later: a heartbeat two periods old with its witness session gone is how a dead process
+    // looks to the pruners, and a live one must have re-registered its new session long before that.
+    const retry = Duration.millis(Math.min(250, registration.every * 250))
     yield* heartbeat.pipe(
-      Effect.catchCause((cause) => Effect.logWarning("process heartbeat failed", cause)),
+      Effect.tapCause((cause) =>
+        Cause.hasInterruptsOnly(cause) ? Effect.void : Effect.logWarning("process heartbeat failed; trying again", cause)
+      ),
+      Effect.retry(Schedule.spaced(retry)),
       Effect.repeat(Schedule.spaced(every)),
       Effect.delay(every),
       Effect.forkScoped

@@ -177,6 +177,30 @@ layer(providers.pipe(Layer.provideMerge(testDb("reaper"))), { excludeTestService
       expect(left.map((p) => p.process_id)).toEqual(["before-restart", "dead-but-recent", "stalled", "unwitnessed"])
     }))
 
+  it.effect("a heartbeat that fails is tried again within a fraction of its period, not a whole period later", () =>
+    Effect.gen(function*() {
+      const { schema } = yield* TestSchema
+      const sql = yield* SqlClient.SqlClient
+      const registry = yield* ProcessRegistry
+      const table = `"${schema}".process`
+      yield* Effect.scoped(Effect.gen(function*() {
+        const { processId } = yield* registry.register({ kind: "worker", every: 2, staleSeconds: 30 })
+        // The table is away from just after the registration until past the first beat (due at 2 s): that beat
+        // fails, on both of its tries. A process whose beats fail this way while its witness session is gone
+        // (connections killed) is pruned once its heartbeat is two periods old: it must not wait a period more.
+        yield* sql.unsafe(`ALTER TABLE ${table} RENAME TO process_away`)
+        yield* Effect.sleep("2500 millis")
+        yield* sql.unsafe(`ALTER TABLE "${schema}".process_away RENAME TO process`)
+        const [restored] = yield* sql<{ at: Date }>`SELECT clock_timestamp() AS at`
+        const beat = sql<{ after: number }>`
+          SELECT extract(epoch FROM heartbeat_at - ${restored!.at}::timestamptz)::float8 AS after
+          FROM ${sql(`${schema}.process`)} WHERE process_id = ${processId}`
+        const [fresh] = yield* eventually(beat, (rows) => rows.length > 0 && rows[0]!.after > 0)
+        // The next period's beat would come 1.5 s after the table is back.
+        expect(fresh!.after).toBeLessThan(1)
+      }))
+    }), { timeout: 30_000 })
+
   it.effect("a backlog of 200,000 due jobs is promoted in bounded batches while the leader keeps its lease", () =>
     Effect.gen(function*() {
       const { schema } = yield* TestSchema
