@@ -84,10 +84,10 @@ export const makeSlots = Effect.fnUntraced(function*<R>(options: SlotsOptions<R>
   yield* Effect.addFinalizer(() => interruptAll)
 
   return {
-    /** Queue held jobs for a slot; the starter's next turn starts what fits. */
+    /** Queue held jobs for a slot, and start what fits now (for one turn: the starter takes the rest). */
     offer: (jobs: ReadonlyArray<{ readonly key: string; readonly job: ClaimedJob }>) => {
       for (const entry of jobs) waiting.push(entry)
-      Q.offerUnsafe(more, undefined)
+      pump()
     },
     /** Every launched job has ended. */
     awaitEmpty: Effect.suspend(() => running.size === 0 ? Effect.void : Q.take(idle)).pipe(
