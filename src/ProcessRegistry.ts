@@ -163,16 +163,35 @@ export const makeProcessRegistry = Effect.fnUntraced(function*(schema: string, o
     return { processId, heartbeat, confirmedAt: () => Ref.getUnsafe(confirmedAt) } satisfies Registered
   })
 
+  /** Make up to one batch of the claims of `processIds` ready again; their queues, and how many. */
+  const releaseBatch = (processIds: ReadonlyArray<string>, fence: Statement.Fragment) =>
+    sql<{ released: number; queues: ReadonlyArray<string> }>`
+      WITH held AS (
+        SELECT m.ctid FROM ${message} AS m
+        WHERE m.state = 'claimed' AND m.claimed_by = ANY(${processIds}::text[]) AND ${fence}
+        LIMIT ${MAINTENANCE_BATCH}
+        FOR UPDATE OF m SKIP LOCKED
+      ), released AS (
+        UPDATE ${message} AS m SET state = 'ready', vt = NULL, claimed_by = NULL, claim_token = NULL
+        WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM held))
+        RETURNING m.queue
+      )
+      SELECT (SELECT count(*) FROM released)::int AS released,
+             (SELECT coalesce(array_agg(DISTINCT queue), '{}') FROM released) AS queues`.pipe(Effect.map(([row]) => row!))
+
   /**
-   * Delete up to `limit` dead processes and make the jobs they held ready again, in one statement: silent
-   * for longer than their own stale timeout, or for two heartbeats with their witness session gone (a
-   * session older than the server's start is no evidence: every session ends when the server restarts). A
-   * process that heartbeats concurrently is skipped (SKIP LOCKED).
+   * Delete up to `limit` dead processes and make the jobs they held ready again: silent for longer than their
+   * own stale timeout, or for two heartbeats with their witness session gone (a session older than the
+   * server's start is no evidence: every session ends when the server restarts). A process that heartbeats
+   * concurrently is skipped (SKIP LOCKED). The first batch of claims goes in the statement that deletes the
+   * processes; a process that held more (a full prefetch buffer is over a thousand) gets the rest in further
+   * batches, at once, not at their lease's expiry.
    */
   const pruneStale = Effect.fn("ProcessRegistry.pruneStale")(function*(
     options: { readonly fence?: Statement.Fragment; readonly limit?: number } = {}
   ) {
-    const [row] = yield* sql<{ pruned: number; released: number; queues: ReadonlyArray<string> }>`
+    const fence = options.fence ?? sql`TRUE`
+    const [row] = yield* sql<{ pruned: ReadonlyArray<string>; released: number; queues: ReadonlyArray<string> }>`
       WITH stale AS (
         SELECT process_id FROM ${table}
         WHERE (heartbeat_at < now() - stale_seconds * interval '1 second'
@@ -180,7 +199,7 @@ export const makeProcessRegistry = Effect.fnUntraced(function*(schema: string, o
                    AND session_start > pg_postmaster_start_time()
                    AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a
                                    WHERE a.pid = session_pid AND coalesce(a.backend_start = session_start, true))))
-          AND ${options.fence ?? sql`TRUE`}
+          AND ${fence}
         ORDER BY heartbeat_at LIMIT ${options.limit ?? 100}
         FOR UPDATE SKIP LOCKED
       ), dead AS (
@@ -196,9 +215,17 @@ export const makeProcessRegistry = Effect.fnUntraced(function*(schema: string, o
         WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM held))
         RETURNING m.queue
       )
-      SELECT (SELECT count(*) FROM dead)::int AS pruned, (SELECT count(*) FROM released)::int AS released,
+      SELECT (SELECT coalesce(array_agg(process_id), '{}') FROM dead) AS pruned,
+             (SELECT count(*) FROM released)::int AS released,
              (SELECT coalesce(array_agg(DISTINCT queue), '{}') FROM released) AS queues`
-    return { pruned: row!.pruned, released: row!.released, queues: row!.queues }
+    let released = row!.released
+    const queues = new Set(row!.queues)
+    for (let batch = released; batch === MAINTENANCE_BATCH; released += batch) {
+      const more = yield* releaseBatch(row!.pruned, fence)
+      batch = more.released
+      for (const queue of more.queues) queues.add(queue)
+    }
+    return { pruned: row!.pruned.length, released, queues: [...queues] }
   })
 
   const list = sql<{ process_id: string; kind: string; heartbeat_age: number }>`

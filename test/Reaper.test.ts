@@ -177,6 +177,28 @@ layer(providers.pipe(Layer.provideMerge(testDb("reaper"))), { excludeTestService
       expect(left.map((p) => p.process_id)).toEqual(["before-restart", "dead-but-recent", "stalled", "unwitnessed"])
     }))
 
+  it.effect("a dead process holding more claims than one batch gets all of them released at its prune", () =>
+    Effect.gen(function*() {
+      const { schema } = yield* TestSchema
+      const sql = yield* SqlClient.SqlClient
+      const q = yield* Queue
+      const registry = yield* ProcessRegistry
+      const t = (name: string) => sql(`${schema}.${name}`)
+      yield* sql`DELETE FROM ${t("process")}`
+      // A worker at concurrency 10 with `auto` prefetch holds up to 1,010: more than one maintenance batch.
+      yield* q.enqueueMany(Array.from({ length: 1500 }, (_, i) => ({ task: "t", payload: { i }, options: { queue: "many" } })))
+      yield* sql`INSERT INTO ${t("process")} (process_id, kind, host, pid, heartbeat_at)
+                 VALUES ('dead-holder', 'worker', 'h', 1, now() - interval '1 minute')`
+      const claimed = yield* q.claim({ queues: ["many"], limit: 1500, leaseSeconds: 300, processId: "dead-holder" })
+      expect(claimed.length).toBe(1500)
+      const pruned = yield* registry.pruneStale()
+      expect(pruned).toMatchObject({ pruned: 1, released: 1500, queues: ["many"] })
+      const [left] = yield* sql<{ n: number }>`
+        SELECT count(*)::int AS n FROM ${t("message")} WHERE queue = 'many' AND state = 'claimed'`
+      expect(left!.n).toBe(0)
+      yield* sql`DELETE FROM ${t("message")} WHERE queue = 'many'`
+    }), { timeout: 30_000 })
+
   it.effect("a heartbeat that fails is tried again within a fraction of its period, not a whole period later", () =>
     Effect.gen(function*() {
       const { schema } = yield* TestSchema
