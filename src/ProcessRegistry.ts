@@ -163,21 +163,23 @@ export const makeProcessRegistry = Effect.fnUntraced(function*(schema: string, o
     return { processId, heartbeat, confirmedAt: () => Ref.getUnsafe(confirmedAt) } satisfies Registered
   })
 
-  /** Make up to one batch of the claims of `processIds` ready again; their queues, and how many. */
-  const releaseBatch = (processIds: ReadonlyArray<string>, fence: Statement.Fragment) =>
-    sql<{ released: number; queues: ReadonlyArray<string> }>`
-      WITH held AS (
+  /**
+   * The CTEs `held` and `released` (a relation of queue names): up to one batch of the claims whose owner
+   * matches `owners` (a condition on `m`) made ready again; `releasedSummary` selects how many and which queues.
+   */
+  const releasing = (owners: Statement.Fragment) =>
+    sql`held AS (
         SELECT m.ctid FROM ${message} AS m
-        WHERE m.state = 'claimed' AND m.claimed_by = ANY(${processIds}::text[]) AND ${fence}
+        WHERE m.state = 'claimed' AND ${owners}
         LIMIT ${MAINTENANCE_BATCH}
         FOR UPDATE OF m SKIP LOCKED
       ), released AS (
         UPDATE ${message} AS m SET state = 'ready', vt = NULL, claimed_by = NULL, claim_token = NULL
         WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM held))
         RETURNING m.queue
-      )
-      SELECT (SELECT count(*) FROM released)::int AS released,
-             (SELECT coalesce(array_agg(DISTINCT queue), '{}') FROM released) AS queues`.pipe(Effect.map(([row]) => row!))
+      )`
+  const releasedSummary = sql`(SELECT count(*) FROM released)::int AS released,
+             (SELECT coalesce(array_agg(DISTINCT queue), '{}') FROM released) AS queues`
 
   /**
    * Delete up to `limit` dead processes and make the jobs they held ready again: silent for longer than their
@@ -185,13 +187,14 @@ export const makeProcessRegistry = Effect.fnUntraced(function*(schema: string, o
    * server's start is no evidence: every session ends when the server restarts). A process that heartbeats
    * concurrently is skipped (SKIP LOCKED). The first batch of claims goes in the statement that deletes the
    * processes; a process that held more (a full prefetch buffer is over a thousand) gets the rest in further
-   * batches, at once, not at their lease's expiry.
+   * batches at once, not at their lease's expiry, unless it has registered again meanwhile (back from a stall,
+   * it has renewed what it still holds).
    */
   const pruneStale = Effect.fn("ProcessRegistry.pruneStale")(function*(
     options: { readonly fence?: Statement.Fragment; readonly limit?: number } = {}
   ) {
     const fence = options.fence ?? sql`TRUE`
-    const [row] = yield* sql<{ pruned: ReadonlyArray<string>; released: number; queues: ReadonlyArray<string> }>`
+    const [first] = yield* sql<{ pruned: ReadonlyArray<string>; released: number; queues: ReadonlyArray<string> }>`
       WITH stale AS (
         SELECT process_id FROM ${table}
         WHERE (heartbeat_at < now() - stale_seconds * interval '1 second'
@@ -205,27 +208,20 @@ export const makeProcessRegistry = Effect.fnUntraced(function*(schema: string, o
       ), dead AS (
         DELETE FROM ${table} AS p USING stale WHERE p.process_id = stale.process_id
         RETURNING p.process_id
-      ), held AS (
-        SELECT m.ctid FROM ${message} AS m
-        WHERE m.state = 'claimed' AND m.claimed_by IN (SELECT process_id FROM dead)
-        LIMIT ${MAINTENANCE_BATCH}
-        FOR UPDATE OF m SKIP LOCKED
-      ), released AS (
-        UPDATE ${message} AS m SET state = 'ready', vt = NULL, claimed_by = NULL, claim_token = NULL
-        WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM held))
-        RETURNING m.queue
-      )
-      SELECT (SELECT coalesce(array_agg(process_id), '{}') FROM dead) AS pruned,
-             (SELECT count(*) FROM released)::int AS released,
-             (SELECT coalesce(array_agg(DISTINCT queue), '{}') FROM released) AS queues`
-    let released = row!.released
-    const queues = new Set(row!.queues)
+      ), ${releasing(sql`m.claimed_by IN (SELECT process_id FROM dead)`)}
+      SELECT (SELECT coalesce(array_agg(process_id), '{}') FROM dead) AS pruned, ${releasedSummary}`
+    const dead = first!.pruned
+    const rest = sql`m.claimed_by = ANY(${dead}::text[]) AND ${fence}
+                     AND NOT EXISTS (SELECT 1 FROM ${table} AS p WHERE p.process_id = m.claimed_by)`
+    let released = first!.released
+    const queues = new Set(first!.queues)
     for (let batch = released; batch === MAINTENANCE_BATCH; released += batch) {
-      const more = yield* releaseBatch(row!.pruned, fence)
-      batch = more.released
-      for (const queue of more.queues) queues.add(queue)
+      const [more] = yield* sql<{ released: number; queues: ReadonlyArray<string> }>`
+        WITH ${releasing(rest)} SELECT ${releasedSummary}`
+      batch = more!.released
+      for (const queue of more!.queues) queues.add(queue)
     }
-    return { pruned: row!.pruned.length, released, queues: [...queues] }
+    return { pruned: dead.length, released, queues: [...queues] }
   })
 
   const list = sql<{ process_id: string; kind: string; heartbeat_age: number }>`
