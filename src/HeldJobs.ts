@@ -90,17 +90,24 @@ export const makeHeldJobs = Effect.fnUntraced(function*(options: HeldJobsOptions
   }
 
   /**
-   * Start the job if its claim is recently confirmed; after a stall, confirm it first. `registeredAt` is when
-   * our process row was last confirmed: until the stale timeout after it nobody can have pruned us.
+   * Start the job now if that can be decided without the database: true (started), false (shutdown, or no
+   * longer ours), undefined (its claim must be confirmed first, see `admit`). `registeredAt` is when our process
+   * row was last confirmed: until the stale timeout after it nobody can have pruned us.
    */
+  const admitNow = (key: string, registeredAt: () => number): boolean | undefined => {
+    const entry = held.get(key)
+    if (!admitting || entry === undefined) return false
+    return clock.currentTimeMillisUnsafe() - Math.min(entry.confirmedAt, registeredAt()) < trustMs
+      ? start(key, entry)
+      : undefined
+  }
+
+  /** Start the job if its claim is recently confirmed; after a stall, confirm it first. */
   const admit = (key: string, registeredAt: () => number): Effect.Effect<boolean> =>
     Effect.suspend(() => {
-      const entry = held.get(key)
-      if (!admitting || entry === undefined) return Effect.succeed(false)
-      // Every job passes here: the common case (a recent confirmation) is synchronous.
-      if (clock.currentTimeMillisUnsafe() - Math.min(entry.confirmedAt, registeredAt()) < trustMs) {
-        return Effect.succeed(start(key, entry))
-      }
+      const now = admitNow(key, registeredAt)
+      if (now !== undefined) return Effect.succeed(now)
+      const entry = held.get(key)!
       return renew("await").pipe(
         // Unconfirmable (the database is away): not started; its lease expires and it is claimed again.
         Effect.catchCause((cause) =>
@@ -114,8 +121,6 @@ export const makeHeldJobs = Effect.fnUntraced(function*(options: HeldJobsOptions
   return {
     size: () => held.size,
     started: () => running,
-    /** Still held: not finished, not lost, not handed back. */
-    has: (key: string) => held.has(key),
     /** Hold a claimed job; returns its key. */
     hold: (job: ClaimedJob, confirmedAt: number) => {
       const key = attemptKey(job)
@@ -127,6 +132,7 @@ export const makeHeldJobs = Effect.fnUntraced(function*(options: HeldJobsOptions
       const entry = held.get(key)
       if (entry !== undefined) entry.fiber = fiber
     },
+    admitNow,
     admit,
     /** From here on its outcome is being written. */
     settling: (key: string) => {

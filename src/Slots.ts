@@ -43,7 +43,8 @@ export const makeSlots = Effect.fnUntraced(function*<R>(options: SlotsOptions<R>
   /** Offered when the last running job ends. */
   const idle = yield* Q.sliding<void>(1)
 
-  const fiberOf = (key: string, job: ClaimedJob) =>
+  /** A job whose claim must be confirmed first (after a stall). */
+  const confirmThenRun = (key: string, job: ClaimedJob) =>
     Effect.flatMap(held.admit(key, options.registeredAt), (admitted) => admitted ? options.run(key, job) : Effect.void)
 
   /** Start waiting jobs while slots are free. Re-entered from a job that ends inside it: the loop goes on. */
@@ -58,9 +59,11 @@ export const makeSlots = Effect.fnUntraced(function*<R>(options: SlotsOptions<R>
       }
       const next = waiting[head]!
       waiting[head++] = undefined
-      // Dropped meanwhile: handed back at shutdown, or found lost by a renewal.
-      if (!held.has(next.key)) continue
-      const fiber = launch(fiberOf(next.key, next.job))
+      // Admitted here, synchronously, in the common case; not at all when dropped meanwhile (handed back at
+      // shutdown, or found lost by a renewal).
+      const admitted = held.admitNow(next.key, options.registeredAt)
+      if (admitted === false) continue
+      const fiber = launch(admitted === true ? options.run(next.key, next.job) : confirmThenRun(next.key, next.job))
       running.add(fiber)
       held.attach(next.key, fiber)
       // Called at once when the job already ended (a synchronous handler).
