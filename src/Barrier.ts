@@ -417,12 +417,15 @@ export const makeBarrier = Effect.fnUntraced(function*(options: BarrierOptions) 
     unless?: number
   ) =>
     sql.withTransaction(Effect.gen(function*() {
-      const [row] = yield* sql<{ counted: boolean }>`
-        SELECT ${unless === undefined ? sql`FALSE` : sql`EXISTS (
-                 SELECT 1 FROM ${markers} WHERE execution_id = ${executionId} AND batch_index = ${unless})`} AS counted
-        FROM ${barrierTable} WHERE execution_id = ${executionId}
-        FOR UPDATE`
-      if (row === undefined || row.counted) return "already-ended" satisfies EndResult
+      const [live] = yield* sql`SELECT 1 FROM ${barrierTable} WHERE execution_id = ${executionId} FOR UPDATE`
+      if (live === undefined) return "already-ended" satisfies EndResult
+      // A statement of its own, so a snapshot taken after the lock: a completion of this batch that held the
+      // row while we waited has committed its marker by now (in the locking statement it would be invisible).
+      if (unless !== undefined) {
+        const [batch] = yield* sql<{ counted: boolean }>`
+          SELECT EXISTS (SELECT 1 FROM ${markers} WHERE execution_id = ${executionId} AND batch_index = ${unless}) AS counted`
+        if (batch!.counted) return "already-ended" satisfies EndResult
+      }
       yield* status.mark(executionId, orgId, target, reason)
       yield* sql`DELETE FROM ${barrierTable} WHERE execution_id = ${executionId}`
       yield* removeJobs(executionId, "unclaimed batches")

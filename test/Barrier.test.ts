@@ -1,5 +1,5 @@
 import { expect, layer } from "@effect/vitest"
-import { Effect, Exit, Layer, Ref, Schedule, Schema } from "effect"
+import { Deferred, Effect, Exit, Fiber, Layer, Ref, Schedule, Schema } from "effect"
 import { SqlClient } from "effect/sql"
 import * as Barrier from "../src/Barrier.ts"
 import * as ExecutionStatus from "../src/ExecutionStatus.ts"
@@ -219,6 +219,41 @@ layer(db, { excludeTestServices: true })("Barrier", (it) => {
       expect(yield* statusOf("e-late-end")).toEqual({ _tag: "Found", status: "EXECUTING" })
       expect(yield* barrier.finish("e-late-end", "org", { _tag: "Succeeded" })).toEqual({ _tag: "Marked", status: "COMPLETED" })
     }))
+
+  it.effect("a failing duplicate's abort that waits on a completion of the same batch sees it counted", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const barrierTable = yield* table("barrier")
+      const markers = yield* table("barrier_batch")
+      yield* fanOut("e-race-end", 3, "race-end")
+      const barrier = yield* BarrierService
+      // A completion of batch 0 in flight: the barrier row locked, the marker written, not committed yet (what
+      // Barrier.complete's statement holds until its commit). The abort of a failing duplicate of batch 0 starts
+      // meanwhile, waits for the row, and must find the batch counted once it gets it.
+      const locked = yield* Deferred.make<void>()
+      const commit = yield* Deferred.make<void>()
+      const completing = yield* Effect.forkChild(sql.withTransaction(Effect.gen(function*() {
+        yield* sql`SELECT 1 FROM ${barrierTable} WHERE execution_id = 'e-race-end' FOR UPDATE`
+        yield* sql`INSERT INTO ${markers} (execution_id, batch_index, result) VALUES ('e-race-end', 0, '"a"')`
+        yield* sql`UPDATE ${barrierTable} SET remaining = remaining - 1 WHERE execution_id = 'e-race-end'`
+        yield* Deferred.succeed(locked, undefined)
+        yield* Deferred.await(commit)
+      })))
+      yield* Deferred.await(locked)
+      const aborting = yield* Effect.forkChild(barrier.abort("e-race-end", "org", 0, "duplicate failed"))
+      // The abort is waiting for the row lock when the completion commits.
+      const { schema } = yield* TestSchema
+      yield* Effect.repeat(
+        sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_stat_activity
+                           WHERE wait_event_type = 'Lock' AND position(${schema} IN query) > 0`,
+        { schedule: Schedule.spaced("10 millis"), until: (rows) => rows[0]!.n > 0 }
+      )
+      yield* Deferred.succeed(commit, undefined)
+      yield* Fiber.join(completing)
+      expect(yield* Fiber.join(aborting)).toBe("already-ended")
+      expect(yield* statusOf("e-race-end")).toEqual({ _tag: "Found", status: "EXECUTING" })
+      expect(yield* barrierRow("e-race-end")).toMatchObject({ remaining: 2 })
+    }), { timeout: 30_000 })
 
   it.effect("stop marks STOPPED, removes the batches not started, and a later start is refused", () =>
     Effect.gen(function*() {
