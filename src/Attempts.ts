@@ -134,8 +134,8 @@ export const makeAttempts = (statements: Statements) => {
     const registered = options.registered === true
       ? sql`EXISTS (SELECT 1 FROM ${processTable} WHERE process_id = ${options.processId})`
       : sql`TRUE`
-    // The claimed jobs, and one more row with what was acked (one array, not a row per ack: half the rows
-    // to build, send and decode) and whether we are registered.
+    // The claimed jobs, then one 'meta' row (it sorts after 'job') with what was acked (one array, not a row
+    // per ack: half the rows to build, send and decode) and whether we are registered.
     const rows = yield* sql<ClaimRow & { readonly kind: "job" | "meta"; readonly tokens: ReadonlyArray<string>; readonly ok: boolean }>`
       WITH acked AS (${deleteAttempts(acks)}), registered AS (SELECT ${registered} AS ok ${relaxed}), locked AS (
         SELECT c.ctid FROM unnest(${[...new Set(options.queues)]}::text[]) AS q(name)

@@ -43,8 +43,8 @@ export const makeStatements = (sql: SqlClient.SqlClient, defaults: StatementDefa
     return sql`unnest(${ids}::bigint[], ${tokens}::uuid[]) AS a(msg_id, token)`
   }
   /**
-   * The rows of the attempts that are still current, locked, as a relation `(ctid, msg_id)` for a statement
-   * to change by `ctid = ANY(...)` (a TID scan). The shape is what makes the plan safe whatever the table's
+   * The `ctid`s of the rows of the attempts that are still current, locked, as a subquery for a statement to
+   * change them by `ctid = ANY(ARRAY(...))` (a TID scan). The shape is what makes the plan safe whatever the table's
    * statistics: a drained queue table is analyzed with pages but no rows, and the planner then believes it
    * holds one row and loops over every claimed row once per attempt (8,000 acks: 12.5 s instead of 50 ms).
    * Here the attempts drive the loop (LATERAL), each row is found through the primary key (the only index

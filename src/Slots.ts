@@ -24,7 +24,7 @@ export interface SlotsOptions<R> {
   readonly registeredAt: () => number
   /** Run an admitted job to its settlement (it is no longer held once this ends); never fails. */
   readonly run: (key: string, job: ClaimedJob) => Effect.Effect<void, never, R>
-  /** A slot is free, or jobs wait for the poll loop to start them (`pump` again). */
+  /** A job ended and its slot is free (the poll loop may have room to claim again). */
   readonly freed: () => void
 }
 

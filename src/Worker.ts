@@ -109,6 +109,7 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
 
   const prefetch = makePrefetch(options.prefetch ?? "auto", options.concurrency)
   const statementTimeout = Duration.millis(options.statementTimeoutMs ?? 10_000)
+  const clock = yield* Clock.Clock
   const lastPollAt = yield* Ref.make(yield* Clock.currentTimeMillis)
   const polls = yield* Ref.make(0)
   const slotFreed = yield* Q.sliding<void>(1)
@@ -141,7 +142,6 @@ const makeWorker = Effect.fnUntraced(function*<R>(registry: TaskRegistry<R>, opt
     background: (completion) => FiberSet.run(completions, completion).pipe(Effect.asVoid)
   })
 
-  const clock = yield* Clock.Clock
   /** Run an admitted job and record its outcome; its handler time sizes the prefetch. */
   const runJob = (key: string, job: ClaimedJob) =>
     Effect.suspend(() => {
